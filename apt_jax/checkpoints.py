@@ -1,0 +1,76 @@
+"""openpi-format params: Orbax PyTree items whose key paths end in `value` (nnx.State layout).
+
+`restore_params` reads openpi checkpoints (e.g. pi0_base/params) and ours; `save_params` writes the same layout, so
+checkpoints move both ways. The full training CheckpointManager (params / train_state / assets) builds on these.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from apt_jax import tree as tree_lib
+
+
+def _add_value(tree):
+  return jax.tree.map(lambda x: {"value": x}, tree)
+
+
+def _strip_value(tree):
+  flat = tree_lib.flatten(tree)
+  out = {}
+  for k, v in flat.items():
+    if not k.endswith("/value"):
+      raise tree_lib.TreeMismatchError(f"Checkpoint key {k!r} does not end in 'value': not an openpi params item")
+    out[k[: -len("/value")]] = v
+  return tree_lib.unflatten(out)
+
+
+def restore_params(params_dir: str | os.PathLike, *, dtype=None, sharding: jax.sharding.Sharding | None = None,
+                   restore_type=jax.Array) -> dict:
+  """Restores an openpi-format params item into a plain nested dict (the `value` suffixes stripped).
+
+  Args:
+    params_dir: the `params` directory of a checkpoint step (e.g. `<ckpt>/29999/params`).
+    dtype: cast every leaf to this dtype on restore (openpi inference uses bfloat16).
+    sharding: where to place arrays (default: replicated on the first local device). Ignored for np.ndarray.
+    restore_type: jax.Array or np.ndarray.
+  """
+  params_dir = pathlib.Path(params_dir).absolute()
+  if not params_dir.exists():
+    raise FileNotFoundError(f"No params checkpoint at {params_dir}")
+  ckptr = ocp.PyTreeCheckpointer()
+  metadata = ckptr.metadata(params_dir)
+  item = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
+  item = dict(item.tree if hasattr(item, "tree") else item)
+  if "params" not in item:
+    raise tree_lib.TreeMismatchError(f"{params_dir}: top-level keys {sorted(item)}, expected 'params'")
+  if restore_type is np.ndarray:
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), item)
+  else:
+    if sharding is None:
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restore_args = jax.tree.map(
+        lambda _: ocp.ArrayRestoreArgs(sharding=sharding, restore_type=jax.Array, dtype=dtype), item)
+  restored = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+  return _strip_value(restored["params"])
+
+
+def save_params(params_dir: str | os.PathLike, params: dict, *, force: bool = False) -> None:
+  """Writes params in openpi's layout: one PyTree item `{"params": ...}` with every key ending in `value`.
+
+  The write is atomic (Orbax writes to a temporary directory and renames it on commit).
+  """
+  params_dir = pathlib.Path(params_dir).absolute()
+  params = jax.tree.map(lambda x: x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x), params)
+  ckptr = ocp.PyTreeCheckpointer()
+  ckptr.save(params_dir, args=ocp.args.PyTreeSave({"params": _add_value(params)}), force=force)
+
+
+def cast_floating(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

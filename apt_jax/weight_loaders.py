@@ -1,0 +1,85 @@
+"""Weight loaders: small objects that fill part of a freshly initialised param tree (openpi's pattern).
+
+Each loader's `load(params) -> params` returns the model's params with its weights merged in, after checking that
+every loaded key exists in the model with the same shape (errors name the key and both shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import numpy as np
+
+from apt_jax import checkpoints
+from apt_jax import tree as tree_lib
+
+
+def _merge_checked(params: dict, loaded: dict, *, what: str, allow_missing: str | None = None) -> dict:
+  """Validates `loaded` against `params` (loaded ⊆ params, same shapes) and merges it, cast to params' dtypes."""
+  tree_lib.check_tree(loaded, params, what=what, allow_missing=allow_missing or ".*")
+  flat_p = tree_lib.flatten(params)
+  flat_l = tree_lib.flatten(loaded)
+  for k, v in flat_l.items():
+    flat_p[k] = np.asarray(v).astype(flat_p[k].dtype)
+  logging.info("%s: loaded %d of %d param arrays", what, len(flat_l), len(flat_p))
+  return tree_lib.unflatten(flat_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOpWeightLoader:
+  def load(self, params):
+    return params
+
+
+@dataclasses.dataclass(frozen=True)
+class PaliGemmaWeightLoader:
+  """Loads a big_vision PaliGemma `.npz` (flat keys `params/img/...`, `params/llm/...`) under `PaliGemma/`.
+
+  Every key of the npz must exist in the model with the same shape; the expert (`_1`) and projection params keep
+  their fresh initialisation.
+  """
+
+  npz_path: str
+
+  def load(self, params):
+    return _merge_checked(params, {"PaliGemma": load_paligemma_npz(self.npz_path)},
+                          what=f"PaliGemma checkpoint {self.npz_path}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointWeightLoader:
+  """Loads an openpi-format params directory (e.g. pi0_base/params); keys it lacks keep their initialisation."""
+
+  params_path: str
+
+  def load(self, params):
+    loaded = checkpoints.restore_params(self.params_path, restore_type=np.ndarray)
+    return _merge_checked(params, loaded, what=f"checkpoint {self.params_path}")
+
+
+def load_paligemma_npz(path: str | os.PathLike) -> dict:
+  """big_vision npz -> nested dict `{"img": ..., "llm": ...}` (the `params/` prefix removed)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"PaliGemma checkpoint not found: {path}")
+  with np.load(path, allow_pickle=False) as f:
+    flat = {k: f[k] for k in f.files}
+  bad = sorted(k for k in flat if not (k.startswith("params/img/") or k.startswith("params/llm/")))
+  if bad:
+    raise tree_lib.TreeMismatchError(
+        f"{path}: keys must start with 'params/img/' or 'params/llm/' (big_vision layout); got {bad[:5]}")
+  return tree_lib.unflatten({k[len("params/"):]: v for k, v in flat.items()})
+
+
+def save_paligemma_npz(path: str | os.PathLike, paligemma_params: dict) -> None:
+  """Writes `{"img": ..., "llm": ...}` (the VLM part only: no `_1` expert keys) as a big_vision npz, atomically."""
+  flat = {"params/" + k: np.asarray(jax.device_get(v)) for k, v in tree_lib.flatten(paligemma_params).items()}
+  expert = [k for k in flat if any(part.endswith("_1") for part in k.split("/"))]
+  if expert:
+    raise ValueError(f"PaliGemma npz must hold the VLM only; found expert keys {expert[:3]}")
+  tmp = os.fspath(path) + ".tmp.npz"
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
