@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -38,15 +39,21 @@ class NoOpWeightLoader:
 class PaliGemmaWeightLoader:
   """Loads a big_vision PaliGemma `.npz` (flat keys `params/img/...`, `params/llm/...`) under `PaliGemma/`.
 
-  Every key of the npz must exist in the model with the same shape; the expert (`_1`) and projection params keep
-  their fresh initialisation.
+  Every key of the npz must exist in the model with the same shape, and every SigLIP / VLM key of the model must be
+  in the npz; the expert (`_1`), fusion and projection params keep their fresh initialisation.
   """
 
   npz_path: str
 
   def load(self, params):
     return _merge_checked(params, {"PaliGemma": load_paligemma_npz(self.npz_path)},
-                          what=f"PaliGemma checkpoint {self.npz_path}")
+                          what=f"PaliGemma checkpoint {self.npz_path}", allow_missing=_NOT_IN_PALIGEMMA)
+
+
+# Model keys a PaliGemma npz does not hold: everything outside PaliGemma/{img,llm}, the llm's extra experts (a path
+# segment ending in `_1`, `_2`, ...: `q_einsum_1`, `mlp_1`, `fusion_1`, ...), APT fusion layers and LoRA. Any other key
+# (SigLIP or the VLM) must be in the npz: a missing one would silently keep its random init.
+_NOT_IN_PALIGEMMA = r"(?!PaliGemma/(img|llm)/).*|PaliGemma/llm/(.*/)?([^/]*_[1-9][0-9]*|fusion)(/.*)?|.*lora.*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +84,9 @@ def load_paligemma_npz(path: str | os.PathLike) -> dict:
 def save_paligemma_npz(path: str | os.PathLike, paligemma_params: dict) -> None:
   """Writes `{"img": ..., "llm": ...}` (the VLM part only: no `_1` expert keys) as a big_vision npz, atomically."""
   flat = {"params/" + k: np.asarray(jax.device_get(v)) for k, v in tree_lib.flatten(paligemma_params).items()}
-  expert = [k for k in flat if any(part.endswith("_1") for part in k.split("/"))]
+  # Expert segments (`q_einsum_1`, `mlp_1`, ...) exist only in the llm; SigLIP has `LayerNorm_1`, `Dense_1`, ...
+  expert = [k for k in flat
+            if k.startswith("params/llm/") and any(re.search(r"_[1-9][0-9]*$", p) for p in k.split("/"))]
   if expert:
     raise ValueError(f"PaliGemma npz must hold the VLM only; found expert keys {expert[:3]}")
   tmp = os.fspath(path) + ".tmp.npz"

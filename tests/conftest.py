@@ -1,0 +1,57 @@
+"""Shared test setup: 8 virtual CPU devices, the openpi parity fixture, and a tiny SentencePiece model."""
+
+import os
+
+# Must happen before jax is imported anywhere (pytest imports conftest.py before the test modules).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import itertools  # noqa: E402
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+OPENPI_FIXTURE = REPO_ROOT.parent / "shared" / "testdata" / "openpi_pi0_tiny"
+
+_COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
+_OBJECTS = ["block", "bowl", "cup", "mug", "plate", "sponge", "spoon", "can", "bottle", "box"]
+_CONTAINERS = ["basket", "drawer", "tray", "sink", "pot", "bin"]
+
+
+def robot_instructions():
+  """A few hundred LIBERO-like instructions (deterministic)."""
+  out = [f"pick up the {c} {o} and place it in the {k}"
+         for c, o, k in itertools.product(_COLORS, _OBJECTS, _CONTAINERS)]
+  out += [f"put the {o} on the {c} plate" for c, o in itertools.product(_COLORS, _OBJECTS)]
+  out += [f"open the {k} and push the {o} inside" for k, o in itertools.product(_CONTAINERS, _OBJECTS)]
+  return out
+
+
+@pytest.fixture(scope="session")
+def openpi_fixture_dir() -> pathlib.Path:
+  if not (OPENPI_FIXTURE / "expected.npz").exists():
+    pytest.skip(f"openpi parity fixture not found at {OPENPI_FIXTURE} (expected next to the repo, in "
+                "../shared/testdata/openpi_pi0_tiny)")
+  return OPENPI_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def fixture_npz(openpi_fixture_dir):
+  with np.load(openpi_fixture_dir / "expected.npz", allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def robot_sentences() -> list[str]:
+  return robot_instructions()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory, robot_sentences) -> str:
+  """A ~200-piece SentencePiece model trained on robot instructions (PaliGemma ids: pad 0, eos 1, bos 2, unk 3)."""
+  from apt_jax.models import tokenizer
+
+  prefix = tmp_path_factory.mktemp("tokenizer") / "tiny_sp"
+  return tokenizer.train_sentencepiece(robot_sentences, str(prefix), vocab_size=200)
