@@ -1,0 +1,42 @@
+"""Input pipeline: RLDS/TFDS datasets -> action-chunk samples -> weighted mixtures -> openpi-layout batches.
+
+Modules (TensorFlow is imported only by `rlds` / `loader`, and only when a dataset is opened):
+
+* `config`     data_config fields and defaults (documented there).
+* `adapters`   feature mappings for openvla LIBERO, DROID and generic OXE RLDS specs.
+* `rlds`       block-wise TFRecord reading, episode validation, `DataError`.
+* `transforms` action chunks, delta actions, resize-with-pad, augmentation.
+* `normalize`  NormStats / RunningStats / norm_stats.json I/O / z-score and quantile normalization.
+* `loader`     `create_data_loader`, mixture sampling, deterministic resumable iteration, multi-host sharding.
+* `compute_norm_stats`  `python -m apt_jax.data.compute_norm_stats --config ...`.
+* `builders`   access to the TFDS builder definitions in the repository's `data/rlds_builders/`.
+"""
+
+from __future__ import annotations
+
+from apt_jax.data.config import DataConfig, DatasetEntry, parse_data_config
+
+
+def create_data_loader(data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
+                       max_token_len: int, tokenizer_path, process_index: int = 0, process_count: int = 1,
+                       shuffle: bool = True, train: bool = True):
+  """See `apt_jax.data.loader.create_data_loader` (imported lazily: it pulls in TensorFlow)."""
+  from apt_jax.data import loader  # pylint: disable=import-outside-toplevel
+  return loader.create_data_loader(
+      data_config, batch_size=batch_size, seed=seed, action_horizon=action_horizon, action_dim=action_dim,
+      max_token_len=max_token_len, tokenizer_path=tokenizer_path, process_index=process_index,
+      process_count=process_count, shuffle=shuffle, train=train)
+
+
+def __getattr__(name):
+  if name in ("DataError", "BAD_RECORD_KINDS"):
+    from apt_jax.data import rlds  # pylint: disable=import-outside-toplevel
+    return getattr(rlds, name)
+  if name in ("DataLoader", "MixtureSampler"):
+    from apt_jax.data import loader  # pylint: disable=import-outside-toplevel
+    return getattr(loader, name)
+  raise AttributeError(name)
+
+
+__all__ = ["DataConfig", "DatasetEntry", "parse_data_config", "create_data_loader", "DataError", "DataLoader",
+           "MixtureSampler", "BAD_RECORD_KINDS"]

@@ -1,0 +1,13 @@
+"""TFDS builder definitions for RLDS datasets written by apt_jax (shipped sample, tests, user conversions).
+
+Importable as a plain package when `data/` is on sys.path (scripts in `data/`), or from anywhere through
+`apt_jax.data.builders.rlds_builders()`, which loads this folder by path.
+"""
+
+from .episode_builder import DEFAULT_VERSION, as_episode, fill_rlds_step_defaults, make_builder_class, write_episodes
+from .specs import droid_features, libero_features, oxe_generic_features
+
+__all__ = [
+    "DEFAULT_VERSION", "as_episode", "fill_rlds_step_defaults", "make_builder_class", "write_episodes",
+    "droid_features", "libero_features", "oxe_generic_features",
+]
