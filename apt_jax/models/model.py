@@ -161,8 +161,14 @@ class BaseModelConfig(abc.ABC):
 
 
 def is_vlm_param(path: str) -> bool:
-  """SigLIP and Gemma expert 0 (PaliGemma's own weights); not the action expert (`_1`) nor fusion layers."""
-  return path.startswith("PaliGemma/") and not any(re.search(r"_\d+$", p) for p in path.split("/"))
+  """SigLIP and Gemma expert 0 (PaliGemma's own weights); not the action expert (`_1`) nor fusion layers.
+
+  Inside `PaliGemma/llm`, experts i > 0 carry a `_i` suffix on some path component (`q_einsum_1`, `mlp_1`,
+  `fusion_1`); SigLIP's linen auto-names (`LayerNorm_0`, `Dense_1`) are all VLM.
+  """
+  if path.startswith("PaliGemma/img/"):
+    return True
+  return path.startswith("PaliGemma/llm/") and not any(re.search(r"_\d+$", p) for p in path.split("/")[2:])
 
 
 @flax.struct.dataclass

@@ -123,9 +123,13 @@ class Pi0Config(_model.BaseModelConfig):
 
   def create(self, rng) -> "Pi0":
     obs, act = self.inputs_spec(batch_size=1)
-    obs = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), obs)
-    params = self.module().init(rng, obs, jnp.zeros(act.shape, act.dtype), method=Pi0Module.init_all)["params"]
-    return Pi0(config=self, params=params)
+
+    @jax.jit
+    def init(rng):
+      zeros = lambda x: jnp.zeros(x.shape, x.dtype)
+      return self.module().init(rng, jax.tree.map(zeros, obs), zeros(act), method=Pi0Module.init_all)["params"]
+
+    return Pi0(config=self, params=init(rng))
 
   def freeze_filter(self, path: str) -> bool:
     return (not self.vlm_trainable) and _model.is_vlm_param(path)
