@@ -74,3 +74,54 @@ def save_params(params_dir: str | os.PathLike, params: dict, *, force: bool = Fa
 
 def cast_floating(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+# --- Checkpoint step layout (openpi's, plus our model config) -------------------------------------------------------
+#   <step>/params/                          openpi params item (restore_params / save_params)
+#   <step>/train_state/                     optimizer state, step, rng, data iterator state (training only)
+#   <step>/assets/<asset_id>/norm_stats.json  openpi norm stats
+#   <step>/assets/model_config.json         {"head": ..., "config": {...}} so a checkpoint rebuilds its model alone;
+#                                           openpi ignores it. Absent in openpi checkpoints: pass a config instead.
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def write_assets(assets_dir: str | os.PathLike, *, model_config=None, norm_stats: dict | None = None,
+                 asset_id: str | None = None) -> None:
+  """Writes the assets of a checkpoint step (model config JSON, norm stats under `<asset_id>/`)."""
+  from apt_jax.data import normalize
+  from apt_jax.models import registry
+
+  assets_dir = pathlib.Path(assets_dir)
+  assets_dir.mkdir(parents=True, exist_ok=True)
+  if model_config is not None:
+    registry.save_config(assets_dir / MODEL_CONFIG_FILE, model_config)
+  if norm_stats is not None:
+    if not asset_id:
+      raise ValueError("asset_id is required to write norm stats (e.g. 'physical-intelligence/libero')")
+    normalize.save(assets_dir / asset_id, norm_stats)
+
+
+def load_model_config(step_dir: str | os.PathLike):
+  """The model config stored in `<step>/assets/model_config.json`."""
+  from apt_jax.models import registry
+
+  path = pathlib.Path(step_dir) / "assets" / MODEL_CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: not an apt_jax checkpoint (an openpi checkpoint needs an explicit "
+                            "model config, e.g. --config experiments/pi0_libero.py)")
+  return registry.load_config(path)
+
+
+def find_norm_stats(step_dir: str | os.PathLike, asset_id: str | None = None) -> pathlib.Path | None:
+  """`<step>/assets/<asset_id>/norm_stats.json`; without asset_id, the only one there (None if there is none)."""
+  assets = pathlib.Path(step_dir) / "assets"
+  if asset_id is not None:
+    path = assets / asset_id / "norm_stats.json"
+    if not path.exists():
+      raise FileNotFoundError(f"No norm stats for asset_id {asset_id!r} at {path}")
+    return path
+  found = sorted(assets.glob("**/norm_stats.json"))
+  if len(found) > 1:
+    raise ValueError(f"Several norm stats under {assets}: {[str(p.relative_to(assets)) for p in found]}; "
+                     "pass asset_id")
+  return found[0] if found else None
