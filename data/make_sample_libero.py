@@ -2,7 +2,8 @@
 
     .venv/bin/python data/make_sample_libero.py [--out data/sample] [--episodes 6]
 
-Writes, deterministically:
+Writes, deterministically (the tfrecord's parsed contents are identical on every run; protobuf may order the
+features of a serialized record differently between processes):
 * `<out>/libero_sample/1.0.0/`  TFDS dataset (split "train"): synthetic pick-and-place episodes rendered as flat
   coloured shapes (table, plate, black bowl, distractors, a two-finger gripper) from an agent-view and a wrist
   camera at 256x256 (jpeg), 8-D EEF state, 7-D delta-EEF actions (gripper -1 open / +1 close) and LIBERO-spatial
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default=str(HERE / "sample"))
   parser.add_argument("--episodes", type=int, default=6)
   args = parser.parse_args(argv)
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(args.out).resolve()
   out.mkdir(parents=True, exist_ok=True)
 
   shutil.rmtree(out / NAME, ignore_errors=True)
@@ -150,9 +151,14 @@ def main(argv=None) -> None:
   print(f"dataset: {path}")
 
   from apt_jax.models.tokenizer import train_sentencepiece  # pylint: disable=import-outside-toplevel
+  cwd = os.getcwd()
   with tempfile.TemporaryDirectory() as tmp:
-    model = train_sentencepiece(CORPUS, os.path.join(tmp, "tokenizer"), vocab_size=256)
-    shutil.copy(model, out / "tokenizer.model")
+    os.chdir(tmp)  # a relative model_prefix: the path is stored in the model, which then stays byte-identical
+    try:
+      model = train_sentencepiece(CORPUS, "tokenizer", vocab_size=256)
+      shutil.copy(model, out.resolve() / "tokenizer.model")
+    finally:
+      os.chdir(cwd)
   print(f"tokenizer: {out / 'tokenizer.model'}")
 
   from apt_jax.data import compute_norm_stats  # pylint: disable=import-outside-toplevel

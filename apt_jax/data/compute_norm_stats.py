@@ -32,6 +32,8 @@ from apt_jax.data import config as _config
 from apt_jax.data import normalize as _normalize
 from apt_jax.data import transforms as _transforms
 
+_log = logging.getLogger(__name__)
+
 
 def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | None = None,
                        tokenizer_path=None, max_token_len: int = 48) -> dict[str, _normalize.NormStats]:
@@ -69,7 +71,7 @@ def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | No
       stats["state"].update(ep.state[:n])
       stats["actions"].update(chunks[:n])
       frames += n
-    logging.info("dataset %s: %d frames, %d bad episodes skipped", entry.name, frames, skipped)
+    _log.info("dataset %s: %d frames, %d bad episodes skipped", entry.name, frames, skipped)
   return {k: v.get_statistics() for k, v in stats.items()}
 
 

@@ -39,6 +39,8 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 
+_log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
@@ -86,7 +88,7 @@ def parse_data_config(cfg) -> DataConfig:
   known = {f.name for f in dataclasses.fields(DataConfig)}
   unknown = sorted(set(d) - known)
   if unknown:
-    logging.warning("data_config: ignoring unknown fields %s (known: %s)", unknown, sorted(known))
+    _log.warning("data_config: ignoring unknown fields %s (known: %s)", unknown, sorted(known))
   raw_datasets = d.get("datasets")
   if not raw_datasets:
     raise ValueError("data_config.datasets must list at least one dataset")

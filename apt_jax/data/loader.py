@@ -51,6 +51,8 @@ from apt_jax.data import normalize as _normalize
 from apt_jax.data import rlds as _rlds
 from apt_jax.data import transforms as _transforms
 
+_log = logging.getLogger(__name__)
+
 STATE_VERSION = 1
 _END = object()
 
@@ -231,7 +233,7 @@ class DataLoader:
   def _load_norm_stats(self, entry: _config.DatasetEntry):
     path = entry.norm_stats_path or self.cfg.norm_stats_path
     if not path:
-      logging.warning("dataset %s: no norm_stats_path, state and actions are NOT normalized", entry.name)
+      _log.warning("dataset %s: no norm_stats_path, state and actions are NOT normalized", entry.name)
       return None
     stats = _normalize.load(path)
     for key in ("state", "actions"):

@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pathlib
 import re
 
 import numpy as np
 
 from apt_jax.data import adapters as _adapters
+
+_log = logging.getLogger(__name__)
 
 BAD_RECORD_KINDS = ("missing", "empty", "shape", "nonfinite", "instruction_too_long")
 
@@ -64,20 +65,28 @@ def _tf():
   return _TF
 
 
-def resolve_builder_dir(data_dir: str | os.PathLike, name: str, version: str | None = None) -> pathlib.Path:
-  """`<data_dir>/<name>/<version>` holding dataset_info.json; the highest version when none is given."""
-  base = pathlib.Path(data_dir)
+def resolve_builder_dir(data_dir, name: str, version: str | None = None):
+  """`<data_dir>/<name>/<version>` holding dataset_info.json; the highest version when none is given.
+
+  Also accepts `data_dir` = the dataset or version directory itself. Paths go through etils.epath, so gs:// works
+  where TensorFlow's GCS filesystem does.
+  """
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  base = epath.Path(data_dir)
   for candidate in (base / name, base):
-    if (candidate / "dataset_info.json").exists() and version is None:
+    if version is not None:
+      if (candidate / version / "dataset_info.json").exists():
+        return candidate / version
+      continue
+    if (candidate / "dataset_info.json").exists():
       return candidate
-    if version is not None and (candidate / version / "dataset_info.json").exists():
-      return candidate / version
     if candidate.is_dir():
       versions = [p for p in candidate.iterdir() if p.is_dir() and (p / "dataset_info.json").exists()]
-      if versions and version is None:
-        return max(versions, key=lambda p: tuple(int(x) if x.isdigit() else 0 for x in p.name.split(".")))
+      if versions:
+        return max(versions, key=lambda p: tuple(int(x) if x.isdigit() else -1 for x in p.name.split(".")))
   raise FileNotFoundError(f"dataset {name}: no TFDS dataset under {base / name}"
-                          + (f" with version {version}" if version else "") + " (expected <name>/<version>/dataset_info.json)")
+                          + (f" with version {version}" if version else "")
+                          + " (expected <data_dir>/<name>/<version>/dataset_info.json)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +124,7 @@ class RldsSource:
       raise ValueError(f"dataset {name}: no split {split!r} in {self.builder_dir} "
                        f"(has {sorted(info.splits.keys())})") from e
     self.num_episodes = int(split_info.num_examples)
+    self._parse = None
     self.blocks: list[Block] = []
     first = 0
     per = max(1, int(episodes_per_block))
@@ -133,11 +143,14 @@ class RldsSource:
   def read_block(self, block: Block) -> list[dict[str, np.ndarray]]:
     """Parsed episodes of a block: flat key -> array [T, ...] (images as encoded bytes), plus "__index__"."""
     tf = _tf()
-    spec = self.spec
-    ds = tf.data.TFRecordDataset(block.filename).skip(block.skip).take(block.take)
-    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
+    if self._parse is None:  # traced once per source: a fresh tf.data map per block would retrace every time
+      spec = self.spec
+      self._parse = tf.function(lambda r: tf.io.parse_single_example(r, spec),
+                                input_signature=[tf.TensorSpec([], tf.string)])
+    records = tf.data.TFRecordDataset(block.filename).skip(block.skip).take(block.take)
     out = []
-    for i, raw in enumerate(ds.as_numpy_iterator()):
+    for i, record in enumerate(records):
+      raw = {k: v.numpy() for k, v in self._parse(record).items()}
       raw["__index__"] = block.first_index + i
       out.append(raw)
     return out
@@ -272,4 +285,4 @@ def convert_episode(raw: dict, source: RldsSource, *, dataset_index: int, tokeni
 
 
 def log_skip(err: DataError) -> None:
-  logging.warning("Skipping bad record (skip_bad_records=True): %s", err)
+  _log.warning("Skipping bad record (skip_bad_records=True): %s", err)

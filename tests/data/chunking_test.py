@@ -104,3 +104,21 @@ def test_augmentation_is_seeded_and_keeps_shape():
   assert a.shape == c.shape == image.shape and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, image) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("use_quantiles", [False, True])
+def test_loader_normalizes_before_padding(chunk_dir, config_fn, loader_fn, tmp_path, use_quantiles):
+  from apt_jax.data import normalize as N
+  st = N.NormStats(mean=np.full(8, -2.0), std=np.full(8, 0.5), q01=np.full(8, -4.0), q99=np.full(8, 0.0))
+  at = N.NormStats(mean=np.full(7, 10.0), std=np.full(7, 2.0), q01=np.full(7, 9.0), q99=np.full(7, 13.0))
+  path = N.save(tmp_path, {"state": st, "actions": at})
+  cfg = config_fn(chunk_dir, NAME, norm_stats_path=str(path), use_quantile_norm=use_quantiles)
+  b = next(loader_fn(cfg, batch_size=1, action_horizon=2))  # episode 0, t=0
+  s0 = np.array([-1 - j / 100 for j in range(8)])
+  a = np.array([[10 + j / 10 for j in range(7)], [11 + j / 10 for j in range(7)]])
+  if use_quantiles:
+    want_s, want_a = (s0 + 4) / (4 + 1e-6) * 2 - 1, (a - 9) / (4 + 1e-6) * 2 - 1
+  else:
+    want_s, want_a = (s0 + 2) / (0.5 + 1e-6), (a - 10) / (2 + 1e-6)
+  np.testing.assert_allclose(b["state"][0], _pad(want_s), atol=1e-5)
+  np.testing.assert_allclose(b["actions"][0], _pad(want_a), atol=1e-5)
