@@ -189,7 +189,9 @@ class DataLoader:
     self.cfg = _config.parse_data_config(data_config)
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
-    if batch_size % process_count:
+    if int(seed) < 0:
+      raise ValueError(f"seed must be >= 0, got {seed}")
+    if batch_size < process_count or batch_size % process_count:
       raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
     self.global_batch_size = batch_size
     self.batch_size = batch_size // process_count
