@@ -6,6 +6,7 @@ checkpoints move both ways. The full training CheckpointManager (params / train_
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 
@@ -17,11 +18,11 @@ import orbax.checkpoint as ocp
 from apt_jax import tree as tree_lib
 
 
-def _add_value(tree):
+def add_value(tree):
   return jax.tree.map(lambda x: {"value": x}, tree)
 
 
-def _strip_value(tree):
+def strip_value(tree):
   flat = tree_lib.flatten(tree)
   out = {}
   for k, v in flat.items():
@@ -58,7 +59,7 @@ def restore_params(params_dir: str | os.PathLike, *, dtype=None, sharding: jax.s
     restore_args = jax.tree.map(
         lambda _: ocp.ArrayRestoreArgs(sharding=sharding, restore_type=jax.Array, dtype=dtype), item)
   restored = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
-  return _strip_value(restored["params"])
+  return strip_value(restored["params"])
 
 
 def save_params(params_dir: str | os.PathLike, params: dict, *, force: bool = False) -> None:
@@ -69,7 +70,7 @@ def save_params(params_dir: str | os.PathLike, params: dict, *, force: bool = Fa
   params_dir = pathlib.Path(params_dir).absolute()
   params = jax.tree.map(lambda x: x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x), params)
   ckptr = ocp.PyTreeCheckpointer()
-  ckptr.save(params_dir, args=ocp.args.PyTreeSave({"params": _add_value(params)}), force=force)
+  ckptr.save(params_dir, args=ocp.args.PyTreeSave({"params": add_value(params)}), force=force)
 
 
 def cast_floating(tree, dtype):
@@ -125,3 +126,28 @@ def find_norm_stats(step_dir: str | os.PathLike, asset_id: str | None = None) ->
     raise ValueError(f"Several norm stats under {assets}: {[str(p.relative_to(assets)) for p in found]}; "
                      "pass asset_id")
   return found[0] if found else None
+
+
+class AssetsHandler(ocp.CheckpointHandler):
+  """Writes a step's `assets/` (model config, norm stats) inside Orbax's commit, so it is as atomic as the rest."""
+
+  def save(self, directory, args: "AssetsSave"):
+    if jax.process_index() == 0:
+      write_assets(directory, model_config=args.model_config, norm_stats=args.norm_stats, asset_id=args.asset_id)
+
+  def restore(self, directory, args=None):
+    return pathlib.Path(directory)
+
+
+@ocp.args.register_with_handler(AssetsHandler, for_save=True)
+@dataclasses.dataclass
+class AssetsSave(ocp.args.CheckpointArgs):
+  model_config: object = None
+  norm_stats: dict | None = None
+  asset_id: str | None = None
+
+
+@ocp.args.register_with_handler(AssetsHandler, for_restore=True)
+@dataclasses.dataclass
+class AssetsRestore(ocp.args.CheckpointArgs):
+  pass

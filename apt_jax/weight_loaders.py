@@ -18,25 +18,39 @@ from apt_jax import checkpoints
 from apt_jax import tree as tree_lib
 
 
-def _merge_checked(params: dict, loaded: dict, *, what: str, allow_missing: str | None = None) -> dict:
-  """Validates `loaded` against `params` (loaded ⊆ params, same shapes) and merges it, cast to params' dtypes."""
+def _checked_partial(params: dict, loaded: dict, *, what: str, allow_missing: str | None = None) -> dict:
+  """Validates `loaded` against `params` (arrays or ShapeDtypeStructs; loaded ⊆ params, same shapes) and returns
+  the loaded leaves cast to the params' dtypes."""
   tree_lib.check_tree(loaded, params, what=what, allow_missing=allow_missing or ".*")
   flat_p = tree_lib.flatten(params)
-  flat_l = tree_lib.flatten(loaded)
-  for k, v in flat_l.items():
-    flat_p[k] = np.asarray(v).astype(flat_p[k].dtype)
+  flat_l = {k: np.asarray(v).astype(flat_p[k].dtype) for k, v in tree_lib.flatten(loaded).items()}
   logging.info("%s: loaded %d of %d param arrays", what, len(flat_l), len(flat_p))
-  return tree_lib.unflatten(flat_p)
+  return tree_lib.unflatten(flat_l)
 
 
-@dataclasses.dataclass(frozen=True)
-class NoOpWeightLoader:
+def _merge_checked(params: dict, loaded: dict, *, what: str, allow_missing: str | None = None) -> dict:
+  """Validates `loaded` against `params` (loaded ⊆ params, same shapes) and merges it, cast to params' dtypes."""
+  return tree_lib.merge(params, _checked_partial(params, loaded, what=what, allow_missing=allow_missing))
+
+
+class _Loader:
+  """`load_partial(params)` -> only the loaded leaves (validated, cast); `load(params)` -> params with them merged."""
+
+  def load_partial(self, params) -> dict:
+    raise NotImplementedError
+
   def load(self, params):
-    return params
+    return tree_lib.merge(params, self.load_partial(params))
 
 
 @dataclasses.dataclass(frozen=True)
-class PaliGemmaWeightLoader:
+class NoOpWeightLoader(_Loader):
+  def load_partial(self, params):
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class PaliGemmaWeightLoader(_Loader):
   """Loads a big_vision PaliGemma `.npz` (flat keys `params/img/...`, `params/llm/...`) under `PaliGemma/`.
 
   Every key of the npz must exist in the model with the same shape, and every SigLIP / VLM key of the model must be
@@ -45,8 +59,8 @@ class PaliGemmaWeightLoader:
 
   npz_path: str
 
-  def load(self, params):
-    return _merge_checked(params, {"PaliGemma": load_paligemma_npz(self.npz_path)},
+  def load_partial(self, params):
+    return _checked_partial(params, {"PaliGemma": load_paligemma_npz(self.npz_path)},
                           what=f"PaliGemma checkpoint {self.npz_path}", allow_missing=_NOT_IN_PALIGEMMA)
 
 
@@ -57,14 +71,14 @@ _NOT_IN_PALIGEMMA = r"(?!PaliGemma/(img|llm)/).*|PaliGemma/llm/(.*/)?([^/]*_[1-9
 
 
 @dataclasses.dataclass(frozen=True)
-class CheckpointWeightLoader:
+class CheckpointWeightLoader(_Loader):
   """Loads an openpi-format params directory (e.g. pi0_base/params); keys it lacks keep their initialisation."""
 
   params_path: str
 
-  def load(self, params):
+  def load_partial(self, params):
     loaded = checkpoints.restore_params(self.params_path, restore_type=np.ndarray)
-    return _merge_checked(params, loaded, what=f"checkpoint {self.params_path}")
+    return _checked_partial(params, loaded, what=f"checkpoint {self.params_path}")
 
 
 def load_paligemma_npz(path: str | os.PathLike) -> dict:
@@ -92,3 +106,17 @@ def save_paligemma_npz(path: str | os.PathLike, paligemma_params: dict) -> None:
   tmp = os.fspath(path) + ".tmp.npz"
   np.savez(tmp, **flat)
   os.replace(tmp, path)
+
+
+def create_weight_loader(cfg) -> _Loader:
+  """From a config block `weight_loader`: kind in {"none", "paligemma_npz", "openpi"} and `path`."""
+  kind = cfg.get("kind", "none") if cfg else "none"
+  if kind == "none":
+    return NoOpWeightLoader()
+  if not cfg.get("path"):
+    raise ValueError(f"weight_loader.kind={kind!r} needs weight_loader.path")
+  if kind == "paligemma_npz":
+    return PaliGemmaWeightLoader(cfg.path)
+  if kind == "openpi":
+    return CheckpointWeightLoader(cfg.path)
+  raise ValueError(f"weight_loader.kind={kind!r}; expected none, paligemma_npz or openpi")

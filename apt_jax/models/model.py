@@ -152,6 +152,23 @@ class BaseModelConfig(abc.ABC):
   def model_class(self) -> type["BaseModel"]:
     ...
 
+  # Params that Stage 2 adds on top of a Stage 1 model (regex over "/"-joined paths).
+  stage2_new_params_regex = r".*fusion.*"
+
+  def stage2_partial_params(self, stage1_params: dict, abstract_params: dict):
+    """Stage 1 -> Stage 2 init: every Stage 1 param is restored, only the new fusion params are initialised.
+
+    Returns (partial params to merge over a fresh init, restored keys, new keys). Fails, naming the keys, on a
+    Stage 1 param the Stage 2 model lacks, a shape mismatch, or a Stage 2 param that is neither restored nor new.
+    Heads whose stage expansion renumbers layers (the APT expert) override this.
+    """
+    tree_lib.check_tree(stage1_params, abstract_params, what="Stage 1 params",
+                        allow_missing=self.stage2_new_params_regex)
+    s1, s2 = tree_lib.flatten(stage1_params), tree_lib.flatten(abstract_params)
+    new = sorted(s2.keys() - s1.keys())
+    partial = {k: np.asarray(v).astype(s2[k].dtype) for k, v in s1.items()}
+    return tree_lib.unflatten(partial), sorted(s1), new
+
   def freeze_filter(self, path: str) -> bool:
     """True for params that are frozen (no gradient, no optimizer state); "/"-joined path."""
     return False
