@@ -1,0 +1,325 @@
+"""Inference policy: one robot request in, one action chunk out (openpi's `Policy` and `create_trained_policy`).
+
+    policy = create_trained_policy("checkpoints/exp/29999", env="libero", tokenizer_path=".../tokenizer.model")
+    out = policy.infer({"observation/image": img, "observation/wrist_image": wrist, "observation/state": s,
+                        "prompt": "pick up the bowl"})
+    out["actions"]        # float32 [action_horizon, 7]
+    out["policy_timing"]  # {"infer_ms": ..., "preprocess_ms": ..., "postprocess_ms": ...}
+
+Input transforms (openpi order: repack/env inputs, [delta], Normalize, model transforms):
+  env adapter (apt_jax.policies: validate, pick cameras, images to uint8 HWC, state) -> default prompt ->
+  resize_with_pad to 224x224 (PIL, openpi-client's semantics) -> normalize state -> zero-pad state to the model's
+  action_dim -> tokenize the prompt (PaligemmaTokenizer, max_token_len of the model).
+Output transforms: unnormalize actions -> absolute actions (add the state back on `delta_action_dims`, openpi's
+  AbsoluteActions) -> env adapter (crop to the robot's action dims, ALOHA's conversions).
+
+Model: params restored in bfloat16 by default (openpi's inference path); compute dtype from the model config;
+`sample_actions` jitted once per shape; rng = jax.random.key(seed), split on every call (openpi). `warmup()` compiles
+without consuming the rng, so a warmed-up policy returns what a fresh one with the same seed returns.
+
+Policy settings that are not part of the model (env, delta_action_dims, quantile norm, default prompt, tokenizer,
+asset id) come from arguments, else from an optional `<step>/assets/policy_config.json` (`write_policy_config`),
+else from defaults (`PolicyConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apt_jax import checkpoints
+from apt_jax.data import normalize as _normalize
+from apt_jax.data import transforms as _transforms
+from apt_jax.models import model as _model
+from apt_jax.models import registry
+from apt_jax.models import tokenizer as _tokenizer
+from apt_jax.policies import envs as _envs
+
+_log = logging.getLogger(__name__)
+
+POLICY_CONFIG_FILE = "policy_config.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  """Inference settings beyond the model config (stored as `<step>/assets/policy_config.json`)."""
+
+  env: str = "libero"
+  # Action dims predicted relative to the state (int k: the first k dims; or a bool list); openpi's pi0_libero: 6.
+  delta_action_dims: int | tuple[bool, ...] | None = None
+  use_quantile_norm: bool = False
+  default_prompt: str | None = None
+  # Relative paths are resolved against the checkpoint's assets dir.
+  tokenizer_path: str | None = None
+  asset_id: str | None = None
+  num_steps: int = 10
+  seed: int = 0
+  env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    if isinstance(d["delta_action_dims"], tuple):
+      d["delta_action_dims"] = list(d["delta_action_dims"])
+    d["env_kwargs"] = dict(d["env_kwargs"])
+    return d
+
+  @classmethod
+  def from_json(cls, d: Mapping) -> "PolicyConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"Unknown policy config fields {unknown}; known: {sorted(known)}")
+    d = dict(d)
+    if isinstance(d.get("delta_action_dims"), list):
+      d["delta_action_dims"] = tuple(bool(x) for x in d["delta_action_dims"])
+    return cls(**d)
+
+
+def write_policy_config(assets_dir: str | os.PathLike, config: PolicyConfig) -> pathlib.Path:
+  path = pathlib.Path(assets_dir) / POLICY_CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(config.to_json(), indent=1))
+  return path
+
+
+def read_policy_config(step_dir: str | os.PathLike) -> PolicyConfig | None:
+  path = pathlib.Path(step_dir) / "assets" / POLICY_CONFIG_FILE
+  if not path.exists():
+    return None
+  return PolicyConfig.from_json(json.loads(path.read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Transforms:
+  """Everything between a robot request and the model, except the norm stats (which `Policy` holds)."""
+
+  env: _envs.EnvAdapter
+  tokenizer: _tokenizer.PaligemmaTokenizer | None = None
+  delta_action_dims: int | tuple[bool, ...] | None = None
+  use_quantile_norm: bool = False
+  default_prompt: str | None = None
+  image_resolution: tuple[int, int] = _model.IMAGE_RESOLUTION
+
+
+# --- The jitted model call (module level, so every Policy of the same model shares its compilation cache) ----------
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps",))
+def _sample_actions(model, rng, data, noise, num_steps):
+  return model.sample_actions(rng, _model.Observation.from_dict(data), num_steps=num_steps, noise=noise)
+
+
+class Policy:
+  """`infer(obs)` -> {"actions": float32 [AH, robot action dims], "policy_timing": {...}} (openpi's Policy)."""
+
+  def __init__(self, model: _model.BaseModel, transforms: Transforms,
+               norm_stats: Mapping[str, _normalize.NormStats] | None = None, *, num_steps: int = 10, seed: int = 0,
+               metadata: Mapping | None = None):
+    cfg = model.config
+    env = transforms.env
+    if env.state_dim > cfg.action_dim:
+      raise ValueError(f"env {env.name!r} has a {env.state_dim}-dim state; the model's action_dim is {cfg.action_dim}")
+    if env.action_dim > cfg.action_dim:
+      raise ValueError(f"env {env.name!r} needs {env.action_dim} action dims; the model has {cfg.action_dim}")
+    self._uses_language = bool(getattr(cfg, "uses_language", True))
+    if self._uses_language and transforms.tokenizer is None:
+      raise ValueError("This model reads the prompt: the policy needs a tokenizer (tokenizer_path)")
+    if transforms.tokenizer is not None and transforms.tokenizer.max_len != cfg.max_token_len:
+      raise ValueError(f"tokenizer max_len {transforms.tokenizer.max_len} != model max_token_len {cfg.max_token_len}")
+    self.model = model
+    self.transforms = transforms
+    self.norm_stats = dict(norm_stats) if norm_stats else None
+    self.num_steps = int(num_steps)
+    self._delta_mask = _transforms.delta_mask(transforms.delta_action_dims, cfg.action_dim)
+    if self._delta_mask is not None and self._delta_mask[env.state_dim:].any():
+      raise ValueError(f"delta_action_dims covers dims beyond the {env.state_dim}-dim state of env {env.name!r}")
+    self._rng = jax.random.key(seed)
+    self._lock = threading.Lock()
+    self._metadata = dict(metadata or {})
+
+  @property
+  def metadata(self) -> dict:
+    return dict(self._metadata)
+
+  # --- transforms -------------------------------------------------------------------------------------------------
+
+  def _stats(self, key: str):
+    return None if self.norm_stats is None else self.norm_stats.get(key)
+
+  def prepare(self, obs: Mapping) -> tuple[dict, np.ndarray]:
+    """Request -> (batched model input dict, unnormalized env state [S]). Raises policies.InputError."""
+    t = self.transforms
+    cfg = self.model.config
+    x = t.env.inputs(obs)
+    prompt = x["prompt"] if x["prompt"] is not None else t.default_prompt
+    images = {k: _transforms.resize_with_pad(v, *t.image_resolution) for k, v in x["image"].items()}
+    state_env = x["state"]
+    state = state_env
+    if (stats := self._stats("state")) is not None:
+      state = _normalize.normalize(state, stats, t.use_quantile_norm)
+    state = _transforms.pad_to_dim(np.asarray(state, np.float32), cfg.action_dim)
+    data = {
+        "image": {k: v[None] for k, v in images.items()},
+        "image_mask": {k: np.asarray([bool(m)]) for k, m in x["image_mask"].items()},
+        "state": state[None],
+    }
+    if self._uses_language:
+      if prompt is None:
+        raise _envs.InputError("prompt", "missing from the request, and the policy has no default prompt")
+      tokens, mask = t.tokenizer.tokenize(prompt)
+      data["tokenized_prompt"] = tokens[None]
+      data["tokenized_prompt_mask"] = mask[None]
+    return data, state_env
+
+  def finish(self, actions: np.ndarray, state_env: np.ndarray) -> np.ndarray:
+    """Model actions [AH, AD] -> robot actions [AH, env action dims]."""
+    actions = np.asarray(actions, np.float32)
+    if (stats := self._stats("actions")) is not None:
+      actions = _normalize.unnormalize(actions, stats, self.transforms.use_quantile_norm)
+    if self._delta_mask is not None:
+      # openpi AbsoluteActions: actions[..., i] += state[i] where the mask is set (apply_delta subtracts).
+      actions = _transforms.apply_delta(actions, -state_env.astype(np.float32), self._delta_mask)
+    return self.transforms.env.outputs(actions)
+
+  # --- inference --------------------------------------------------------------------------------------------------
+
+  def infer(self, obs: Mapping, *, noise: np.ndarray | None = None) -> dict:
+    """One request (no batch dim) -> {"actions": [AH, D_robot] float32, "policy_timing": {...}}.
+
+    `noise`: optional [AH, model action_dim] starting noise (openpi's `infer(obs, noise=...)`).
+    """
+    t0 = time.monotonic()
+    data, state_env = self.prepare(obs)
+    if noise is not None:
+      noise = jnp.asarray(noise, jnp.float32)
+      if noise.ndim == 2:
+        noise = noise[None]
+    with self._lock:
+      self._rng, rng = jax.random.split(self._rng)
+    t1 = time.monotonic()
+    actions = np.asarray(_sample_actions(self.model, rng, data, noise, num_steps=self.num_steps), np.float32)[0]
+    t2 = time.monotonic()
+    out = {"actions": self.finish(actions, state_env)}
+    t3 = time.monotonic()
+    out["policy_timing"] = {"infer_ms": (t2 - t1) * 1e3, "preprocess_ms": (t1 - t0) * 1e3,
+                            "postprocess_ms": (t3 - t2) * 1e3}
+    return out
+
+  def warmup(self, obs: Mapping | None = None) -> float:
+    """Compiles the model call on an example request without advancing the rng; returns the seconds it took."""
+    t0 = time.monotonic()
+    if obs is None:
+      obs = self.transforms.env.example(np.random.default_rng(0), prompt=self.transforms.default_prompt or "warm up")
+    data, _ = self.prepare(obs)
+    jax.block_until_ready(_sample_actions(self.model, jax.random.key(0), data, None, num_steps=self.num_steps))
+    return time.monotonic() - t0
+
+
+# --- Loading a checkpoint ------------------------------------------------------------------------------------------
+
+
+def load_model_config_file(path: str | os.PathLike, head: str = "pi0") -> _model.BaseModelConfig:
+  """A model config JSON: registry format `{"head": ..., "config": {...}}`, or a bare dict of `head`'s fields."""
+  d = json.loads(pathlib.Path(path).read_text())
+  if "head" in d and "config" in d:
+    return registry.config_from_dict(d)
+  return registry.config_from_dict({"head": head, "config": d})
+
+
+def resolve_model_config(step_dir, model_config=None, *, head: str | None = None) -> _model.BaseModelConfig:
+  """Explicit config (object or JSON path) > `<step>/assets/model_config.json` > default config of `head`."""
+  if isinstance(model_config, _model.BaseModelConfig):
+    return model_config
+  if model_config is not None:
+    return load_model_config_file(model_config, head or "pi0")
+  path = pathlib.Path(step_dir) / "assets" / checkpoints.MODEL_CONFIG_FILE
+  if path.exists():
+    return checkpoints.load_model_config(step_dir)
+  if head is not None:
+    _log.warning("%s has no model config: using the default %s config", step_dir, head)
+    return registry.create_config(head)
+  raise FileNotFoundError(f"{path} not found (an openpi checkpoint?): pass a model config JSON (--model_config) "
+                          "or --head pi0 for the default π0 config")
+
+
+def _resolve_tokenizer(step_dir: pathlib.Path, path: str | None) -> str | None:
+  if path is not None:
+    p = pathlib.Path(path)
+    return str(p if p.is_absolute() or p.exists() else step_dir / "assets" / p)
+  default = step_dir / "assets" / TOKENIZER_FILE
+  return str(default) if default.exists() else None
+
+
+def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, head: str | None = None,
+                          dtype: Any = jnp.bfloat16, policy_config: PolicyConfig | None = None,
+                          **overrides) -> Policy:
+  """A Policy for a checkpoint step dir (ours or openpi's; see apt_jax.checkpoints for the layout).
+
+  Args:
+    step_dir: `<step>` holding `params/` and `assets/`.
+    model_config: a BaseModelConfig or a JSON file; default `<step>/assets/model_config.json`.
+    head: for openpi checkpoints without model config: default config of this head ("pi0").
+    dtype: params dtype on restore (bfloat16 as openpi; None keeps the stored dtype).
+    policy_config: inference settings; default `<step>/assets/policy_config.json`, else PolicyConfig().
+    **overrides: PolicyConfig fields that win over both (None values are ignored).
+  """
+  step_dir = pathlib.Path(step_dir)
+  config = resolve_model_config(step_dir, model_config, head=head)
+  pc = policy_config or read_policy_config(step_dir) or PolicyConfig()
+  pc = dataclasses.replace(pc, **{k: v for k, v in overrides.items() if v is not None})
+  env = _envs.get_env(pc.env, **dict(pc.env_kwargs))
+
+  params = checkpoints.restore_params(step_dir / "params", dtype=dtype)
+  model = config.load(params)
+
+  stats_path = checkpoints.find_norm_stats(step_dir, pc.asset_id)
+  norm_stats = None
+  if stats_path is None:
+    _log.warning("No norm stats under %s/assets: the policy will not normalize", step_dir)
+  else:
+    norm_stats = _normalize.load(stats_path)
+    _log.info("Norm stats: %s", stats_path)
+
+  tok_path = _resolve_tokenizer(step_dir, pc.tokenizer_path)
+  tokenizer = None
+  if tok_path is not None:
+    tokenizer = _tokenizer.PaligemmaTokenizer(tok_path, max_len=config.max_token_len)
+  elif getattr(config, "uses_language", True):
+    raise FileNotFoundError(f"No tokenizer: pass tokenizer_path (--tokenizer) or put {TOKENIZER_FILE} in "
+                            f"{step_dir / 'assets'}")
+
+  transforms = Transforms(env=env, tokenizer=tokenizer, delta_action_dims=pc.delta_action_dims,
+                          use_quantile_norm=pc.use_quantile_norm, default_prompt=pc.default_prompt)
+  param_dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(params)})
+  metadata = {
+      "server": "apt_jax",
+      "head": registry.head_name(config),
+      "apt_stage": getattr(config, "apt_stage", "none"),
+      "env": env.name,
+      "action_horizon": config.action_horizon,
+      "action_dim": env.action_dim,
+      "model_action_dim": config.action_dim,
+      "state_dim": env.state_dim,
+      "max_token_len": config.max_token_len,
+      "compute_dtype": getattr(config, "dtype", None),
+      "param_dtype": ",".join(param_dtypes),
+      "num_steps": pc.num_steps,
+      "norm_stats": None if stats_path is None else str(stats_path.parent.relative_to(step_dir / "assets")),
+      "use_quantile_norm": pc.use_quantile_norm,
+      "delta_action_dims": (list(pc.delta_action_dims) if isinstance(pc.delta_action_dims, tuple)
+                            else pc.delta_action_dims),
+  }
+  return Policy(model, transforms, norm_stats, num_steps=pc.num_steps, seed=pc.seed, metadata=metadata)

@@ -1,0 +1,365 @@
+"""Websocket policy server that speaks openpi's protocol, so openpi clients (`openpi-client`) work unchanged.
+
+    python -m apt_jax.serve --checkpoint CKPT/STEP [--port 8000] [--host 127.0.0.1] [--env libero]
+        [--tokenizer PATH] [--asset_id ID] [--model_config FILE | --head pi0] [--dtype bfloat16|float32]
+        [--delta_action_dims 6] [--default_prompt TEXT] [--api_key_file FILE] [--max_frame_mb 16]
+
+Protocol (openpi's `serving/websocket_policy_server.py` + `openpi_client/websocket_client_policy.py`):
+* On connect the server sends one binary frame: the msgpack_numpy-packed metadata dict (head, apt_stage, env,
+  action_horizon, action_dim, ...).
+* Each request is one binary frame, a msgpack_numpy-packed observation dict; the reply is one binary frame with the
+  policy output plus `server_timing = {"infer_ms", "prev_total_ms"}` (prev_total_ms from the 2nd request on: the
+  previous cycle, from waiting for its request to sending its reply, as openpi measures it).
+* Errors: one *text* frame with the message (openpi clients raise `RuntimeError("Error in inference server:\n" +
+  msg)`), then the connection is closed: 1007 (invalid data) for malformed frames and bad fields, naming the field;
+  1011 for unexpected errors (the traceback stays in the server log). Other connections are unaffected.
+* `GET /healthz` answers 200 "OK" (no token needed).
+
+Beyond openpi:
+* Binds 127.0.0.1 by default (openpi: 0.0.0.0); use `--host 0.0.0.0` to expose it.
+* Optional token: with an API key set, the handshake must carry `Authorization: Api-Key <key>` (what openpi-client
+  sends when given `api_key`), compared in constant time; otherwise HTTP 401.
+* Frames above `--max_frame_mb` (default 16 MiB) are refused by websockets with close code 1009 before they are
+  buffered; a 224x224 LIBERO request is ~150 KB.
+* Requests are decoded by a hardened msgpack_numpy (byte-identical wire format; no object/void/complex dtypes, array
+  shapes must match their byte count) and validated by the env adapter (apt_jax.policies).
+* Several clients at once: inference runs in a thread pool (`--infer_threads`, default 1 so requests are served in
+  arrival order without competing for the device), the event loop keeps accepting and decoding. `--max_connections`
+  bounds concurrent connections (HTTP 503 beyond).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import functools
+import hmac
+import http
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+
+import msgpack
+import numpy as np
+import websockets
+import websockets.asyncio.server as _server
+from websockets.frames import CloseCode
+
+from apt_jax.policies import envs as _envs
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+API_KEY_ENV = "APT_JAX_API_KEY"
+
+
+# --- msgpack_numpy: openpi's wire format, decoded defensively -------------------------------------------------------
+
+
+class RequestError(ValueError):
+  """A frame that cannot be decoded into a request."""
+
+
+def _pack_array(obj):
+  if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind in ("V", "O", "c"):
+    raise ValueError(f"Unsupported dtype: {obj.dtype}")
+  if isinstance(obj, np.ndarray):
+    return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": obj.shape}
+  if isinstance(obj, np.generic):
+    return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+  return obj
+
+
+def _dtype(spec) -> np.dtype:
+  if not isinstance(spec, (str, bytes)):
+    raise RequestError(f"array dtype must be a string, got {type(spec).__name__}")
+  try:
+    dtype = np.dtype(spec.decode() if isinstance(spec, bytes) else spec)
+  except (TypeError, ValueError, UnicodeDecodeError) as e:
+    raise RequestError(f"bad array dtype {spec!r}: {e}") from None
+  if dtype.kind in ("V", "O", "c") or dtype.hasobject:
+    raise RequestError(f"unsupported array dtype {dtype}")
+  return dtype
+
+
+def _unpack_array(obj):
+  if b"__ndarray__" in obj:
+    dtype = _dtype(obj.get(b"dtype"))
+    shape, data = obj.get(b"shape"), obj.get(b"data")
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in shape):
+      raise RequestError(f"bad array shape {shape!r}")
+    if not isinstance(data, bytes):
+      raise RequestError("array data must be bytes")
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(data) or len(shape) > 32:
+      raise RequestError(f"array of shape {tuple(shape)} and dtype {dtype} needs "
+                         f"{int(np.prod(shape, dtype=np.int64)) * dtype.itemsize} bytes, got {len(data)}")
+    return np.ndarray(buffer=data, dtype=dtype, shape=tuple(shape))
+  if b"__npgeneric__" in obj:
+    dtype = _dtype(obj.get(b"dtype"))
+    try:
+      return dtype.type(obj.get(b"data"))
+    except (TypeError, ValueError, OverflowError) as e:
+      raise RequestError(f"bad numpy scalar of dtype {dtype}: {e}") from None
+  return obj
+
+
+def packb(obj) -> bytes:
+  """openpi_client.msgpack_numpy.packb, byte for byte."""
+  return msgpack.packb(obj, default=_pack_array)
+
+
+def unpackb(data: bytes):
+  """openpi_client.msgpack_numpy.unpackb with validation: raises RequestError on anything malformed."""
+  try:
+    return msgpack.unpackb(data, object_hook=_unpack_array)
+  except RequestError:
+    raise
+  except Exception as e:  # msgpack raises several exception types (ExtraData, FormatError, ValueError, ...)
+    detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    raise RequestError(f"malformed msgpack frame ({detail})") from None
+
+
+# --- Server -------------------------------------------------------------------------------------------------------
+
+
+def _reason(text: str) -> str:
+  """A close reason fits in 123 UTF-8 bytes."""
+  b = text.encode("utf-8")[:120]
+  return b.decode("utf-8", errors="ignore")
+
+
+class PolicyServer:
+  """Serves `policy.infer` over openpi's websocket protocol (see the module docstring)."""
+
+  def __init__(self, policy, *, host: str = "127.0.0.1", port: int = 8000, metadata: Mapping | None = None,
+               api_key: str | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+               max_connections: int = 64, infer_threads: int = 1):
+    self._policy = policy
+    self.host = host
+    self.port = port
+    meta = metadata if metadata is not None else getattr(policy, "metadata", {})
+    self._metadata_frame = packb(dict(meta))
+    self._api_key = api_key.encode("utf-8") if api_key else None
+    self.max_frame_bytes = int(max_frame_bytes)
+    self.max_connections = int(max_connections)
+    self._infer_threads = int(infer_threads)
+    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self._active = 0
+    self._loop: asyncio.AbstractEventLoop | None = None
+    self._server = None
+    self._thread: threading.Thread | None = None
+    self._ready = threading.Event()
+    self._stopped: asyncio.Event | None = None
+    self._error: BaseException | None = None
+    self.stats = {"connections": 0, "requests": 0, "errors": 0, "rejected": 0}
+
+  # HTTP stage: health check, token, connection limit.
+  def _process_request(self, connection, request):
+    if request.path == "/healthz":
+      return connection.respond(http.HTTPStatus.OK, "OK\n")
+    if self._api_key is not None:
+      got = request.headers.get("Authorization", "").encode("utf-8", errors="replace")
+      if not hmac.compare_digest(got, b"Api-Key " + self._api_key):
+        self.stats["rejected"] += 1
+        _log.warning("Rejected %s: missing or wrong API key", connection.remote_address)
+        return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized: send 'Authorization: Api-Key <key>'\n")
+    if self._active >= self.max_connections:
+      self.stats["rejected"] += 1
+      return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
+    return None
+
+  async def _fail(self, ws, message: str, code: CloseCode) -> None:
+    self.stats["errors"] += 1
+    try:
+      await ws.send(message)
+      await ws.close(code=code, reason=_reason(message.splitlines()[0]))
+    except websockets.ConnectionClosed:
+      pass
+
+  async def _handler(self, ws) -> None:
+    self._active += 1
+    self.stats["connections"] += 1
+    peer = ws.remote_address
+    _log.info("Connection from %s opened", peer)
+    loop = asyncio.get_running_loop()
+    try:
+      await ws.send(self._metadata_frame)
+      prev_total = None
+      while True:
+        start = time.monotonic()
+        try:
+          msg = await ws.recv()
+        except websockets.ConnectionClosed as e:
+          if e.rcvd is None and e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+            self.stats["errors"] += 1
+            _log.warning("Closed %s: frame larger than %d bytes", peer, self.max_frame_bytes)
+          return
+        try:
+          if isinstance(msg, str):
+            raise RequestError("expected a binary msgpack frame, got a text frame")
+          obs = unpackb(msg)
+          t_infer = time.monotonic()
+          result = await loop.run_in_executor(self._executor, self._policy.infer, obs)
+          infer_ms = (time.monotonic() - t_infer) * 1e3
+          result = dict(result)
+          result["server_timing"] = {"infer_ms": infer_ms}
+          if prev_total is not None:
+            result["server_timing"]["prev_total_ms"] = prev_total * 1e3
+          reply = packb(result)
+        except (RequestError, _envs.InputError) as e:
+          _log.info("Bad request from %s: %s", peer, e)
+          await self._fail(ws, f"Invalid request: {e}", CloseCode.INVALID_DATA)
+          return
+        except Exception as e:  # pylint: disable=broad-except
+          _log.exception("Inference failed for %s", peer)
+          await self._fail(ws, f"Internal server error: {type(e).__name__}: {e}", CloseCode.INTERNAL_ERROR)
+          return
+        await ws.send(reply)
+        self.stats["requests"] += 1
+        prev_total = time.monotonic() - start
+    except websockets.ConnectionClosed:
+      pass
+    finally:
+      self._active -= 1
+      _log.info("Connection from %s closed", peer)
+
+  async def run(self) -> None:
+    """Serves until `stop()` (or cancellation)."""
+    self._loop = asyncio.get_running_loop()
+    self._stopped = asyncio.Event()
+    self._executor = concurrent.futures.ThreadPoolExecutor(self._infer_threads, thread_name_prefix="infer")
+    try:
+      async with _server.serve(self._handler, self.host, self.port, compression=None,
+                               max_size=self.max_frame_bytes, process_request=self._process_request) as server:
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
+        _log.info("Serving on ws://%s:%d (max frame %d bytes, token %s)", self.host, self.port,
+                  self.max_frame_bytes, "required" if self._api_key else "off")
+        self._ready.set()
+        await self._stopped.wait()
+    finally:
+      self._executor.shutdown(wait=False, cancel_futures=True)
+      self._ready.set()
+
+  def serve_forever(self) -> None:
+    asyncio.run(self.run())
+
+  # Background-thread use (tests, benchmarks, embedding).
+  def start(self, timeout: float = 30.0) -> "PolicyServer":
+    def target():
+      try:
+        asyncio.run(self.run())
+      except BaseException as e:  # pylint: disable=broad-except
+        self._error = e
+        self._ready.set()
+
+    self._thread = threading.Thread(target=target, name="policy-server", daemon=True)
+    self._thread.start()
+    if not self._ready.wait(timeout):
+      raise TimeoutError(f"Server did not start within {timeout} s")
+    if self._error is not None:
+      raise RuntimeError(f"Server failed to start: {self._error}") from self._error
+    return self
+
+  def stop(self, timeout: float = 10.0) -> None:
+    if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
+      try:
+        self._loop.call_soon_threadsafe(self._stopped.set)
+      except RuntimeError:
+        pass
+    if self._thread is not None:
+      self._thread.join(timeout)
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------------
+
+
+def _delta_dims(text: str):
+  """"6" -> 6; "1,1,1,0" -> mask; "none" / "0" -> 0 (no delta, overriding a policy_config.json)."""
+  if text.lower() in ("none", "", "0"):
+    return 0
+  if "," in text:
+    return tuple(bool(int(x)) for x in text.split(","))
+  return int(text)
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+  """Flags shared by serve and export to locate a checkpoint and its model config."""
+  parser.add_argument("--checkpoint", required=True, help="checkpoint step dir holding params/ and assets/")
+  parser.add_argument("--model_config", default=None,
+                      help="model config JSON (needed for openpi checkpoints without assets/model_config.json): "
+                      "{'head': ..., 'config': {...}} or a bare dict of the --head config's fields")
+  parser.add_argument("--head", default=None, help="head of --model_config, or the default config of this head "
+                      "when the checkpoint has none (e.g. pi0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m apt_jax.serve", description=__doc__.split("\n\n")[0])
+  add_checkpoint_args(p)
+  p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
+  p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+  p.add_argument("--env", default=None, choices=sorted(_envs.ENVS), help="robot request layout (default libero)")
+  p.add_argument("--asset_id", default=None, help="norm stats under assets/<asset_id>/ (needed if several)")
+  p.add_argument("--tokenizer", default=None, help="PaliGemma SentencePiece model (default assets/tokenizer.model)")
+  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "stored"],
+                 help="params dtype at inference (openpi: bfloat16)")
+  p.add_argument("--delta_action_dims", type=_delta_dims, default=None,
+                 help="action dims predicted relative to the state: k (first k) or a 0/1 list; openpi LIBERO: 6")
+  p.add_argument("--use_quantile_norm", action=argparse.BooleanOptionalAction, default=None)
+  p.add_argument("--default_prompt", default=None)
+  p.add_argument("--num_steps", type=int, default=None, help="flow integration steps (default 10)")
+  p.add_argument("--seed", type=int, default=None)
+  p.add_argument("--api_key_file", default=None,
+                 help=f"file holding the API key clients must send (or set ${API_KEY_ENV}); default: no token")
+  p.add_argument("--max_frame_mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 2**20)
+  p.add_argument("--max_connections", type=int, default=64)
+  p.add_argument("--infer_threads", type=int, default=1)
+  p.add_argument("--no_warmup", action="store_true", help="skip compiling the model before accepting clients")
+  return p
+
+
+def _api_key(args) -> str | None:
+  if args.api_key_file:
+    key = open(args.api_key_file, encoding="utf-8").read().strip()
+    if not key:
+      raise ValueError(f"{args.api_key_file} is empty")
+    return key
+  return os.environ.get(API_KEY_ENV) or None
+
+
+def main(argv=None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  args = build_parser().parse_args(argv)
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
+
+  dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "stored": None}[args.dtype]
+  pol = _policy.create_trained_policy(
+      args.checkpoint, model_config=args.model_config, head=args.head, dtype=dtype, env=args.env,
+      asset_id=args.asset_id, tokenizer_path=args.tokenizer, delta_action_dims=args.delta_action_dims,
+      use_quantile_norm=args.use_quantile_norm, default_prompt=args.default_prompt, num_steps=args.num_steps,
+      seed=args.seed)
+  if not args.no_warmup:
+    _log.info("Compiling the model (warm-up)...")
+    _log.info("Warm-up took %.1f s", pol.warmup())
+  server = PolicyServer(pol, host=args.host, port=args.port, api_key=_api_key(args),
+                        max_frame_bytes=int(args.max_frame_mb * 2**20), max_connections=args.max_connections,
+                        infer_threads=args.infer_threads)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+
+
+if __name__ == "__main__":
+  main()
