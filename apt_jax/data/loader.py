@@ -19,7 +19,9 @@ state small and exact):
 rebuilds the cursors; the current window is read again (its blocks are addressed by file, skip and take), so a
 resumed loader yields exactly the batches the original would have yielded. With shuffle=False blocks and samples are
 in dataset order. Batches are prepared `prefetch` ahead in a background thread, with `num_workers` threads decoding
-images; the state returned belongs to the last batch handed out, not to the prefetched ones.
+images; the state returned belongs to the last batch handed out, not to the prefetched ones. Parsed blocks
+(`episode_cache_mb`) and decoded + resized images (`image_cache_mb`) are cached up to a budget, so small datasets
+(the shipped sample, debug runs) are decoded once; caching never changes the stream.
 
 Batch (numpy, per process: batch_size // process_count rows):
 
@@ -79,6 +81,37 @@ class MixtureSampler:
       rng = np.random.default_rng([self._seed[0], 0x4D49, self._seed[1], block])
       self._cache = (block, rng.choice(len(self.p), size=self.BLOCK, p=self.p))
     return int(self._cache[1][n % self.BLOCK])
+
+
+class _ImageCache:
+  """Decoded + resized images by (dataset, episode, step, feature), up to a byte budget; then it stops growing.
+
+  Decoding and resizing are deterministic, so the cache changes speed only. It pays off when a dataset's images fit
+  (the shipped sample needs ~50 MB at 224x224), since each step is visited once per epoch; for large datasets it
+  keeps the first `image_cache_mb` worth of images and otherwise stays out of the way.
+  """
+
+  def __init__(self, budget_bytes: int):
+    self.budget, self.used = budget_bytes, 0
+    self.full = budget_bytes <= 0
+    self._items: dict = {}
+    self._lock = threading.Lock()
+
+  def get(self, key):
+    return self._items.get(key)
+
+  def put(self, key, image: np.ndarray) -> None:
+    if self.full:
+      return
+    with self._lock:
+      if key in self._items:
+        return
+      if self.used + image.nbytes > self.budget:
+        self.full = True
+        return
+      image.flags.writeable = False
+      self._items[key] = image
+      self.used += image.nbytes
 
 
 class _Stream:
@@ -206,7 +239,8 @@ class DataLoader:
     for i, entry in enumerate(self.cfg.datasets):
       adapter = _adapters.get_adapter(entry.adapter, **dict(entry.adapter_kwargs))
       source = _rlds.RldsSource(entry.name, entry.data_dir, adapter, split=entry.split, version=entry.version,
-                                episodes_per_block=self.cfg.episodes_per_block)
+                                episodes_per_block=self.cfg.episodes_per_block,
+                                cache_bytes=int(self.cfg.episode_cache_mb * 2**20))
       self._check_widths(source)
       self._streams.append(_Stream(i, entry, source, cfg=self.cfg, seed=self.seed, process_index=process_index,
                                    process_count=process_count, shuffle=shuffle, train=train,
@@ -214,6 +248,9 @@ class DataLoader:
       self._norm.append(self._load_norm_stats(entry))
     self._mixture = MixtureSampler([e.weight for e in self.cfg.datasets], self.seed, process_index)
     self._samples = 0
+    self._cache = _ImageCache(int(self.cfg.image_cache_mb * 2**20))
+    self._zeros = np.zeros((*self.cfg.image_size, 3), np.uint8)
+    self._zeros.flags.writeable = False
     self._pool = (concurrent.futures.ThreadPoolExecutor(self.cfg.num_workers, thread_name_prefix="apt_data")
                   if self.cfg.num_workers > 1 else None)
     self._thread: threading.Thread | None = None
@@ -315,13 +352,17 @@ class DataLoader:
     for cam in _adapters.IMAGE_KEYS:
       frames = ep.images.get(cam)
       if frames is None:
-        images[cam], masks[cam] = np.zeros((h, w, 3), np.uint8), False
+        images[cam], masks[cam] = self._zeros, False
         continue
-      img = _transforms.decode_image(frames[t])
-      if img.ndim != 3 or img.shape[-1] != 3:
-        raise _rlds.DataError(ep.dataset, ep.index, cam, f"decoded to shape {img.shape} at step {t}; expected "
-                              "[H, W, 3]", kind="shape", file_path=ep.file_path)
-      img = _transforms.resize_with_pad(img, h, w)
+      key = (ep.dataset_index, ep.index, t, ep.image_keys[cam])
+      img = self._cache.get(key)
+      if img is None:
+        img = _transforms.decode_image(frames[t])
+        if img.ndim != 3 or img.shape[-1] != 3:
+          raise _rlds.DataError(ep.dataset, ep.index, ep.image_keys[cam], f"decoded to shape {img.shape} at step "
+                                f"{t}; expected [H, W, 3]", kind="shape", file_path=ep.file_path)
+        img = _transforms.resize_with_pad(img, h, w)
+        self._cache.put(key, img)
       if rng is not None:
         img = _transforms.augment_image(img, rng, wrist=cam != "base_0_rgb")
       images[cam], masks[cam] = img, True

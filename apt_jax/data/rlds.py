@@ -103,7 +103,7 @@ class RldsSource:
   """One RLDS dataset split as seen through an adapter: its spec, its blocks, and a block reader."""
 
   def __init__(self, name: str, data_dir: str, adapter: _adapters.Adapter, *, split: str = "train",
-               version: str | None = None, episodes_per_block: int = 4):
+               version: str | None = None, episodes_per_block: int = 4, cache_bytes: int = 0):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     _tf()
     self.name, self.adapter, self.split = name, adapter, split
@@ -125,6 +125,8 @@ class RldsSource:
                        f"(has {sorted(info.splits.keys())})") from e
     self.num_episodes = int(split_info.num_examples)
     self._parse = None
+    self._cache: dict[Block, list[dict]] = {}
+    self._cache_budget, self._cache_used = int(cache_bytes), 0
     self.blocks: list[Block] = []
     first = 0
     per = max(1, int(episodes_per_block))
@@ -141,7 +143,14 @@ class RldsSource:
     return tuple(feature.shape)
 
   def read_block(self, block: Block) -> list[dict[str, np.ndarray]]:
-    """Parsed episodes of a block: flat key -> array [T, ...] (images as encoded bytes), plus "__index__"."""
+    """Parsed episodes of a block: flat key -> array [T, ...] (images as encoded bytes), plus "__index__".
+
+    Blocks are kept (and the same dicts returned, so callers must not modify them) while their total size stays
+    within `cache_bytes`: a dataset that fits is read from disk once.
+    """
+    cached = self._cache.get(block)
+    if cached is not None:
+      return cached
     tf = _tf()
     if self._parse is None:  # traced once per source: a fresh tf.data map per block would retrace every time
       spec = self.spec
@@ -153,12 +162,22 @@ class RldsSource:
       raw = {k: v.numpy() for k, v in self._parse(record).items()}
       raw["__index__"] = block.first_index + i
       out.append(raw)
+    size = sum(_nbytes(v) for raw in out for v in raw.values())
+    if self._cache_used + size <= self._cache_budget:
+      self._cache[block] = out
+      self._cache_used += size
     return out
 
   def episodes(self, blocks=None):
     """Yields raw episodes of the given blocks (all blocks in order by default)."""
     for block in self.blocks if blocks is None else blocks:
       yield from self.read_block(block)
+
+
+def _nbytes(x) -> int:
+  if isinstance(x, np.ndarray) and x.dtype == object:
+    return sum(len(b) for b in x.reshape(-1)) + x.nbytes
+  return int(getattr(x, "nbytes", 64))
 
 
 @dataclasses.dataclass
@@ -172,6 +191,7 @@ class Episode:
   state: np.ndarray  # float32 [T, S]
   actions: np.ndarray  # float32 [T, A]
   images: dict[str, np.ndarray | None]  # model camera -> [T] encoded bytes, or uint8 [T, H, W, 3]; None = zeros
+  image_keys: dict[str, str | None]  # model camera -> the RLDS feature its frames come from
   prompt_ids: np.ndarray  # int [T]: row of `tokens` used at each step
   tokens: np.ndarray  # int32 [U, L]
   token_masks: np.ndarray  # bool [U, L]
@@ -238,18 +258,18 @@ def convert_episode(raw: dict, source: RldsSource, *, dataset_index: int, tokeni
   state = numeric(ad.state_keys, ad.state_dim, "state")
   actions = numeric(ad.action_keys, ad.action_dim, "actions")
 
-  images = {}
+  images, image_keys = {}, {}
   for cam in _adapters.IMAGE_KEYS:
     keys = [k for k in ad.cameras.get(cam, ()) if k in source.spec]
     if not keys:
-      images[cam] = None
+      images[cam], image_keys[cam] = None, None
       continue
     for k in keys:
       shape = source.image_shapes[k]
       if len(shape) != 3 or shape[-1] != 3:
         fail(k, f"has image shape {shape}; expected [H, W, 3]", "shape")
     key = keys[0] if rng is None or len(keys) == 1 else keys[int(rng.integers(len(keys)))]
-    images[cam] = raw[key]
+    images[cam], image_keys[cam] = raw[key], key
 
   # Prompt: one instruction key per episode; per-step texts (usually all equal) are tokenized once each.
   instr_keys = [k for k in ad.instruction_keys if k in source.spec]
@@ -280,7 +300,7 @@ def convert_episode(raw: dict, source: RldsSource, *, dataset_index: int, tokeni
   return Episode(
       dataset=name, dataset_index=dataset_index, index=index, file_path=file_path or "",
       state=trim(state), actions=trim(actions),
-      images={cam: None if v is None else trim(v) for cam, v in images.items()},
+      images={cam: None if v is None else trim(v) for cam, v in images.items()}, image_keys=image_keys,
       prompt_ids=trim(prompt_ids), tokens=tokens, token_masks=token_masks, prompts=prompts)
 
 

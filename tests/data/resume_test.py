@@ -88,3 +88,14 @@ def test_processes_read_disjoint_episodes(loader_fn, process_count):
     for j in range(i + 1, process_count):
       assert not seen[i] & seen[j]
   assert set().union(*seen) == set(range(6))
+
+
+def test_caches_do_not_change_the_stream(loader_fn):
+  # 13 batches of 16 = 208 samples: the second epoch is served from the image and episode caches.
+  cfg = builders.sample_data_config(return_metadata=True, num_workers=2, prefetch=0)
+  off = {"image_cache_mb": 0, "episode_cache_mb": 0}
+  on_loader = loader_fn(cfg, batch_size=16, action_horizon=4, shuffle=True, train=True, seed=3)
+  off_loader = loader_fn({**cfg, **off}, batch_size=16, action_horizon=4, shuffle=True, train=True, seed=3)
+  for _ in range(13):
+    _assert_same(next(on_loader), next(off_loader))
+  assert on_loader._cache.used > 0 and off_loader._cache.used == 0  # pylint: disable=protected-access
