@@ -18,8 +18,10 @@ Model: params restored in bfloat16 by default (openpi's inference path); compute
 without consuming the rng, so a warmed-up policy returns what a fresh one with the same seed returns.
 
 Policy settings that are not part of the model (env, delta_action_dims, quantile norm, default prompt, tokenizer,
-asset id) come from arguments, else from an optional `<step>/assets/policy_config.json` (`write_policy_config`),
-else from defaults (`PolicyConfig`).
+asset id) come from arguments, else from the training experiment config if one is given (`--config
+experiments/x.py[:arg]`), else from an optional `<step>/assets/policy_config.json` (`write_policy_config`), else from
+defaults (`PolicyConfig`). Checkpoints written by apt_jax.train carry model_config.json and norm stats but no policy
+config: serve them with `--config` (the experiment they were trained with) or explicit flags.
 """
 
 from __future__ import annotations
@@ -86,6 +88,26 @@ class PolicyConfig:
     if isinstance(d.get("delta_action_dims"), list):
       d["delta_action_dims"] = tuple(bool(x) for x in d["delta_action_dims"])
     return cls(**d)
+
+
+def policy_config_from_experiment(config) -> PolicyConfig:
+  """Inference settings implied by a training experiment config (`experiments/*.py`): the data's delta actions,
+  normalization and default prompt, the env of its first dataset's adapter, the tokenizer and the asset id."""
+  get = lambda obj, key, default=None: (obj.get(key, default) if hasattr(obj, "get") else default)
+  data = get(config, "data") or {}
+  datasets = list(get(data, "datasets") or [])
+  adapter = get(datasets[0], "adapter", "libero") if datasets else "libero"
+  delta = get(data, "delta_action_dims")
+  if delta is not None and not isinstance(delta, (int, bool)):
+    delta = tuple(bool(x) for x in delta)
+  return PolicyConfig(
+      env=adapter if adapter in _envs.ENVS else "libero",
+      delta_action_dims=delta,
+      use_quantile_norm=bool(get(data, "use_quantile_norm", False)),
+      default_prompt=get(data, "default_prompt") or None,
+      tokenizer_path=get(config, "tokenizer_path") or None,
+      asset_id=get(config, "asset_id") or None,
+      seed=0)
 
 
 def write_policy_config(assets_dir: str | os.PathLike, config: PolicyConfig) -> pathlib.Path:
@@ -239,8 +261,10 @@ def load_model_config_file(path: str | os.PathLike, head: str = "pi0") -> _model
   return registry.config_from_dict({"head": head, "config": d})
 
 
-def resolve_model_config(step_dir, model_config=None, *, head: str | None = None) -> _model.BaseModelConfig:
-  """Explicit config (object or JSON path) > `<step>/assets/model_config.json` > default config of `head`."""
+def resolve_model_config(step_dir, model_config=None, *, head: str | None = None,
+                         experiment_config=None) -> _model.BaseModelConfig:
+  """Explicit config (object or JSON path) > `<step>/assets/model_config.json` > the experiment config's model >
+  default config of `head`."""
   if isinstance(model_config, _model.BaseModelConfig):
     return model_config
   if model_config is not None:
@@ -248,6 +272,10 @@ def resolve_model_config(step_dir, model_config=None, *, head: str | None = None
   path = pathlib.Path(step_dir) / "assets" / checkpoints.MODEL_CONFIG_FILE
   if path.exists():
     return checkpoints.load_model_config(step_dir)
+  if experiment_config is not None and experiment_config.get("model") is not None:
+    m = experiment_config.model
+    kwargs = m.kwargs.to_dict() if hasattr(m.kwargs, "to_dict") else dict(m.get("kwargs") or {})
+    return registry.create_config(m.get("head", "pi0"), **kwargs)
   if head is not None:
     _log.warning("%s has no model config: using the default %s config", step_dir, head)
     return registry.create_config(head)
@@ -265,7 +293,7 @@ def _resolve_tokenizer(step_dir: pathlib.Path, path: str | None) -> str | None:
 
 def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, head: str | None = None,
                           dtype: Any = jnp.bfloat16, policy_config: PolicyConfig | None = None,
-                          **overrides) -> Policy:
+                          experiment_config=None, **overrides) -> Policy:
   """A Policy for a checkpoint step dir (ours or openpi's; see apt_jax.checkpoints for the layout).
 
   Args:
@@ -273,11 +301,16 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
     model_config: a BaseModelConfig or a JSON file; default `<step>/assets/model_config.json`.
     head: for openpi checkpoints without model config: default config of this head ("pi0").
     dtype: params dtype on restore (bfloat16 as openpi; None keeps the stored dtype).
-    policy_config: inference settings; default `<step>/assets/policy_config.json`, else PolicyConfig().
-    **overrides: PolicyConfig fields that win over both (None values are ignored).
+    policy_config: inference settings; default: from `experiment_config`, else `<step>/assets/policy_config.json`,
+      else PolicyConfig().
+    experiment_config: a training config (`experiments/*.py` get_config()): supplies the policy settings (see
+      `policy_config_from_experiment`) and, for checkpoints without model_config.json, the model config.
+    **overrides: PolicyConfig fields that win over all of these (None values are ignored).
   """
   step_dir = pathlib.Path(step_dir)
-  config = resolve_model_config(step_dir, model_config, head=head)
+  config = resolve_model_config(step_dir, model_config, head=head, experiment_config=experiment_config)
+  if policy_config is None and experiment_config is not None:
+    policy_config = policy_config_from_experiment(experiment_config)
   pc = policy_config or read_policy_config(step_dir) or PolicyConfig()
   pc = dataclasses.replace(pc, **{k: v for k, v in overrides.items() if v is not None})
   env = _envs.get_env(pc.env, **dict(pc.env_kwargs))

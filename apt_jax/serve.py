@@ -1,8 +1,14 @@
 """Websocket policy server that speaks openpi's protocol, so openpi clients (`openpi-client`) work unchanged.
 
-    python -m apt_jax.serve --checkpoint CKPT/STEP [--port 8000] [--host 127.0.0.1] [--env libero]
-        [--tokenizer PATH] [--asset_id ID] [--model_config FILE | --head pi0] [--dtype bfloat16|float32]
-        [--delta_action_dims 6] [--default_prompt TEXT] [--api_key_file FILE] [--max_frame_mb 16]
+    python -m apt_jax.serve --checkpoint CKPT/STEP [--port 8000] [--host 127.0.0.1]
+        [--config experiments/pi0_libero.py]            # settings of the training run (tokenizer, delta actions...)
+        [--env libero|droid|aloha] [--tokenizer PATH] [--asset_id ID] [--delta_action_dims 6] [--default_prompt TEXT]
+        [--model_config FILE | --head pi0]              # openpi checkpoints (no assets/model_config.json)
+        [--dtype bfloat16|float32|stored] [--api_key_file FILE] [--max_frame_mb 16] [--infer_threads 1]
+
+    e.g. an apt_jax training run:  --checkpoint $W/pi0_libero/29999 --config experiments/pi0_libero.py
+         an openpi checkpoint:     --checkpoint pi0_libero/29999 --head pi0 --tokenizer paligemma_tokenizer.model \
+                                   --delta_action_dims 6 --asset_id physical-intelligence/libero
 
 Protocol (openpi's `serving/websocket_policy_server.py` + `openpi_client/websocket_client_policy.py`):
 * On connect the server sends one binary frame: the msgpack_numpy-packed metadata dict (head, apt_stage, env,
@@ -298,8 +304,19 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model_config", default=None,
                       help="model config JSON (needed for openpi checkpoints without assets/model_config.json): "
                       "{'head': ..., 'config': {...}} or a bare dict of the --head config's fields")
+  parser.add_argument("--config", default=None, dest="experiment",
+                      help="training experiment config path[:arg] (experiments/*.py): model config for checkpoints "
+                      "without one, tokenizer, asset id, delta actions, normalization, env")
   parser.add_argument("--head", default=None, help="head of --model_config, or the default config of this head "
                       "when the checkpoint has none (e.g. pi0)")
+
+
+def load_experiment(spec: str | None):
+  """`experiments/x.py[:arg]` -> its get_config(arg) (None -> None)."""
+  if not spec:
+    return None
+  from apt_jax.data import compute_norm_stats  # pylint: disable=import-outside-toplevel
+  return compute_norm_stats.load_experiment_config(spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,7 +362,8 @@ def main(argv=None) -> None:
 
   dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "stored": None}[args.dtype]
   pol = _policy.create_trained_policy(
-      args.checkpoint, model_config=args.model_config, head=args.head, dtype=dtype, env=args.env,
+      args.checkpoint, model_config=args.model_config, head=args.head, dtype=dtype,
+      experiment_config=load_experiment(args.experiment), env=args.env,
       asset_id=args.asset_id, tokenizer_path=args.tokenizer, delta_action_dims=args.delta_action_dims,
       use_quantile_norm=args.use_quantile_norm, default_prompt=args.default_prompt, num_steps=args.num_steps,
       seed=args.seed)
