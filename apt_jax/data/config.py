@@ -16,7 +16,7 @@
 | num_epochs | int or None | None repeats forever; otherwise each dataset stops after that many epochs and iteration ends when all have |
 | num_workers | int, 2 | threads decoding and resizing images |
 | image_cache_mb | float, 1024 | keep decoded + resized images up to this many MB (per loader), so later epochs of a dataset that fits skip JPEG decoding and resizing; 0 turns it off. Output is identical either way |
-| episode_cache_mb | float, 256 | keep parsed episodes (images still encoded) of each dataset up to this many MB, so a dataset that fits is read from disk once; 0 turns it off |
+| episode_cache_mb | float, 256 | keep parsed episodes (images still encoded) up to this many MB (per loader, all datasets together), so a dataset that fits is read from disk once; 0 turns it off |
 | prefetch | int, 2 | batches prepared ahead in a background thread (0: synchronous) |
 | default_prompt | str or None | used when an episode's instruction is empty (openpi `InjectDefaultPrompt`) |
 | return_metadata | bool, False | adds int32 [B] `dataset_index`, `episode_index`, `step_index` to each batch |

@@ -234,13 +234,14 @@ class DataLoader:
     self.augment = bool(self.cfg.augment and train)
     self.tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=max_token_len)
     self.delta_mask = _transforms.delta_mask(self.cfg.delta_action_dims, action_dim)
+    self._episode_budget = _rlds.ByteBudget(int(self.cfg.episode_cache_mb * 2**20))
     self._streams: list[_Stream] = []
     self._norm: list[dict[str, _normalize.NormStats] | None] = []
     for i, entry in enumerate(self.cfg.datasets):
       adapter = _adapters.get_adapter(entry.adapter, **dict(entry.adapter_kwargs))
       source = _rlds.RldsSource(entry.name, entry.data_dir, adapter, split=entry.split, version=entry.version,
                                 episodes_per_block=self.cfg.episodes_per_block,
-                                cache_bytes=int(self.cfg.episode_cache_mb * 2**20))
+                                cache_budget=self._episode_budget)
       self._check_widths(source)
       self._streams.append(_Stream(i, entry, source, cfg=self.cfg, seed=self.seed, process_index=process_index,
                                    process_count=process_count, shuffle=shuffle, train=train,

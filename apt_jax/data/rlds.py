@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -89,6 +90,21 @@ def resolve_builder_dir(data_dir, name: str, version: str | None = None):
                           + " (expected <data_dir>/<name>/<version>/dataset_info.json)")
 
 
+class ByteBudget:
+  """A byte budget shared by caches (thread-safe): `take(n)` reserves n bytes if they fit."""
+
+  def __init__(self, total_bytes: int):
+    self.total, self.used = int(total_bytes), 0
+    self._lock = threading.Lock()
+
+  def take(self, n: int) -> bool:
+    with self._lock:
+      if self.used + n > self.total:
+        return False
+      self.used += n
+      return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Block:
   """`take` contiguous episodes of one shard file, starting at split position `first_index`."""
@@ -103,7 +119,7 @@ class RldsSource:
   """One RLDS dataset split as seen through an adapter: its spec, its blocks, and a block reader."""
 
   def __init__(self, name: str, data_dir: str, adapter: _adapters.Adapter, *, split: str = "train",
-               version: str | None = None, episodes_per_block: int = 4, cache_bytes: int = 0):
+               version: str | None = None, episodes_per_block: int = 4, cache_budget: ByteBudget | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     _tf()
     self.name, self.adapter, self.split = name, adapter, split
@@ -126,7 +142,7 @@ class RldsSource:
     self.num_episodes = int(split_info.num_examples)
     self._parse = None
     self._cache: dict[Block, list[dict]] = {}
-    self._cache_budget, self._cache_used = int(cache_bytes), 0
+    self._cache_budget = cache_budget
     self.blocks: list[Block] = []
     first = 0
     per = max(1, int(episodes_per_block))
@@ -145,8 +161,8 @@ class RldsSource:
   def read_block(self, block: Block) -> list[dict[str, np.ndarray]]:
     """Parsed episodes of a block: flat key -> array [T, ...] (images as encoded bytes), plus "__index__".
 
-    Blocks are kept (and the same dicts returned, so callers must not modify them) while their total size stays
-    within `cache_bytes`: a dataset that fits is read from disk once.
+    Blocks are kept (and the same dicts returned, so callers must not modify them) while `cache_budget` has room:
+    a dataset that fits is read from disk once.
     """
     cached = self._cache.get(block)
     if cached is not None:
@@ -162,10 +178,8 @@ class RldsSource:
       raw = {k: v.numpy() for k, v in self._parse(record).items()}
       raw["__index__"] = block.first_index + i
       out.append(raw)
-    size = sum(_nbytes(v) for raw in out for v in raw.values())
-    if self._cache_used + size <= self._cache_budget:
+    if self._cache_budget is not None and self._cache_budget.take(sum(_nbytes(v) for r in out for v in r.values())):
       self._cache[block] = out
-      self._cache_used += size
     return out
 
   def episodes(self, blocks=None):
