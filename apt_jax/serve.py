@@ -14,8 +14,9 @@ Protocol (openpi's `serving/websocket_policy_server.py` + `openpi_client/websock
 * On connect the server sends one binary frame: the msgpack_numpy-packed metadata dict (head, apt_stage, env,
   action_horizon, action_dim, ...).
 * Each request is one binary frame, a msgpack_numpy-packed observation dict; the reply is one binary frame with the
-  policy output plus `server_timing = {"infer_ms", "prev_total_ms"}` (prev_total_ms from the 2nd request on: the
-  previous cycle, from waiting for its request to sending its reply, as openpi measures it).
+  policy output plus `server_timing = {"infer_ms", "prev_total_ms"}` (infer_ms: the `policy.infer` call;
+  prev_total_ms from the 2nd request on: the previous cycle, from waiting for its request to sending its reply, as
+  openpi measures it; plus `queue_ms`, the wait for a free inference thread when several clients are served).
 * Errors: one *text* frame with the message (openpi clients raise `RuntimeError("Error in inference server:\n" +
   msg)`), then the connection is closed: 1007 (invalid data) for malformed frames and bad fields, naming the field;
   1011 for unexpected errors (the traceback stays in the server log). Other connections are unaffected.
@@ -177,6 +178,11 @@ class PolicyServer:
       return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
     return None
 
+  def _timed_infer(self, obs):
+    t = time.monotonic()
+    result = self._policy.infer(obs)
+    return result, t, time.monotonic()
+
   async def _fail(self, ws, message: str, code: CloseCode) -> None:
     self.stats["errors"] += 1
     try:
@@ -207,11 +213,10 @@ class PolicyServer:
           if isinstance(msg, str):
             raise RequestError("expected a binary msgpack frame, got a text frame")
           obs = unpackb(msg)
-          t_infer = time.monotonic()
-          result = await loop.run_in_executor(self._executor, self._policy.infer, obs)
-          infer_ms = (time.monotonic() - t_infer) * 1e3
+          queued = time.monotonic()
+          result, t_infer, t_done = await loop.run_in_executor(self._executor, self._timed_infer, obs)
           result = dict(result)
-          result["server_timing"] = {"infer_ms": infer_ms}
+          result["server_timing"] = {"infer_ms": (t_done - t_infer) * 1e3, "queue_ms": (t_infer - queued) * 1e3}
           if prev_total is not None:
             result["server_timing"]["prev_total_ms"] = prev_total * 1e3
           reply = packb(result)
