@@ -11,6 +11,10 @@ APT (`apt_stage`):
            self-attention still never see it (so the prior's inputs are unchanged); every expert layer gets a gated
            cross-attention sublayer (`fusion_1`) through which state/action tokens read the VLM's language-token
            keys/values of the same layer. With the tanh gate at 0 the model equals its Stage 1 parent exactly.
+
+Objective (`objective`): "flow" is openpi's flow matching (t=1 noise, 10 Euler steps), unchanged; "ddim" is the APT
+paper's ε-prediction DDPM/DDIM (objectives.Ddim: T=100, squaredcos_cap_v2, weighted L1, 20 DDIM steps), with the
+diffusion step k given to the time embedding as k/T.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 
 from apt_jax.models import gemma as _gemma
 from apt_jax.models import model as _model
+from apt_jax.models import objectives as _objectives
 from apt_jax.models import siglip as _siglip
 
 AptStage = Literal["none", "stage1", "stage2"]
@@ -77,9 +82,17 @@ class Pi0Config(_model.BaseModelConfig):
   fusion_gate: _gemma.FusionGate = "tanh"
   # None: trainable for "none", frozen for "stage1" (required) and "stage2" (the paper's default).
   vlm_trainable: bool | None = None
-  vlm_lr_multiplier: float = 0.1
+  # None: 1.0 for "none" (openpi's joint training uses one learning rate), 0.1 for APT stages with a trainable VLM.
+  vlm_lr_multiplier: float | None = None
   # Stop-gradient from the action expert into the VLM (π0.5's knowledge insulation).
   knowledge_insulation: bool = False
+  # "flow" (openpi) or "ddim" (the paper's ε-prediction); see objectives.py.
+  objective: str = "flow"
+  # Sampling steps; None: 10 for flow, 20 for DDIM.
+  num_steps: int | None = None
+  # DDIM L1 loss weights ((num_dims, weight), ...); () = uniform mean.
+  loss_weights: Any = ()
+  diffusion_steps: int = 100
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -92,8 +105,12 @@ class Pi0Config(_model.BaseModelConfig):
       raise ValueError(f"fusion_gate={self.fusion_gate!r}; expected 'tanh' or 'sigmoid'")
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16' or 'float32'")
+    set_("loss_weights", _objectives.normalize_loss_weights(self.loss_weights))
+    _objectives.validate(self.objective, self.loss_weights, self.action_dim)
     if self.vlm_trainable is None:
       set_("vlm_trainable", self.apt_stage == "none")
+    if self.vlm_lr_multiplier is None:
+      set_("vlm_lr_multiplier", 1.0 if self.apt_stage == "none" else 0.1)
     if self.apt_stage == "stage1" and self.vlm_trainable:
       raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: vlm_trainable must be False")
 
@@ -114,6 +131,11 @@ class Pi0Config(_model.BaseModelConfig):
   def separate_prefix_pass(self) -> bool:
     """Run the VLM prefix once into a KV cache, then the expert on it (same numbers as the joint pass)."""
     return self.apt_stage == "stage1" or not self.vlm_trainable or self.knowledge_insulation
+
+  def objective_fn(self):
+    return _objectives.make(self.objective, flow_convention="pi0", action_dim=self.action_dim,
+                            num_steps=self.num_steps, loss_weights=self.loss_weights,
+                            num_train_steps=self.diffusion_steps)
 
   def module(self) -> "Pi0Module":
     return Pi0Module(self)
@@ -327,6 +349,38 @@ class Pi0Module(nn.Module):
     x_0, _ = nn.while_loop(cond, step, self, (noise, jnp.float32(1.0)))
     return x_0
 
+  # --- Objectives other than openpi's flow matching (objectives.py) ---------------------------------------------
+
+  def _net_time(self, net_time):
+    """The time embedding expects [0, 1]: the DDIM step k enters as k/T (k large = noisy, like t=1 = noise)."""
+    if self.config.objective == "ddim":
+      return net_time / self.config.diffusion_steps
+    return net_time
+
+  def compute_loss_objective(self, rng, observation, actions, *, train=False, noise=None, time=None):
+    """Loss [B, AH] of `config.objective_fn()`; `time` is that objective's (DDIM: the integer step k)."""
+    preprocess_rng, rng = jax.random.split(rng)
+    observation = _model.preprocess_observation(preprocess_rng, observation, train=train)
+    objective = self.config.objective_fn()
+    x_t, net_time, target = objective.training_inputs(rng, actions, noise=noise, time=time)
+    prefix = self.embed_prefix(observation, with_language=self.config.uses_language)
+    tokens, mask, ar = self.embed_suffix(observation, x_t, self._net_time(net_time))
+    suffix_out = self.expert_forward(prefix, tokens, mask, ar)
+    prediction = self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
+    return objective.loss(prediction.astype(jnp.float32), target)
+
+  def encode(self, observation):
+    """Prefix arrays (tokens, mask, ar, is_lang) and the VLM KV cache, for `denoise` (observation preprocessed)."""
+    prefix = self.embed_prefix(observation, with_language=self.config.uses_language)
+    _, kv_cache = self.prefix_cache(prefix)
+    return (prefix.tokens, prefix.mask, prefix.ar, prefix.is_lang), kv_cache
+
+  def denoise(self, observation, prefix_arrays, kv_cache, x_t, net_time):
+    prefix = Prefix(*prefix_arrays)
+    tokens, mask, ar = self.embed_suffix(observation, x_t, self._net_time(net_time))
+    suffix_out = self.suffix_forward(prefix, kv_cache, tokens, mask, ar)
+    return self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
+
   def init_all(self, observation, actions):
     """Touches every parameter (prompt embedding and fusion layers included) whatever the stage."""
     prefix = self.embed_prefix(observation, with_language=True)
@@ -341,10 +395,24 @@ class Pi0(_model.BaseModel):
   """π0 model: `config` + `params`. Methods mirror openpi's Pi0."""
 
   def compute_loss(self, rng, observation, actions, *, train=False, noise=None, time=None):
+    if self.config.objective != "flow":
+      return self._apply(Pi0Module.compute_loss_objective, rng, observation, actions, train=train, noise=noise,
+                         time=time)
     return self._apply(Pi0Module.compute_loss, rng, observation, actions, train=train, noise=noise, time=time)
 
-  def sample_actions(self, rng, observation, *, num_steps=10, noise=None):
-    return self._apply(Pi0Module.sample_actions, rng, observation, num_steps=num_steps, noise=noise)
+  def sample_actions(self, rng, observation, *, num_steps=None, noise=None):
+    num_steps = num_steps or self.config.num_steps
+    if self.config.objective == "flow":
+      return self._apply(Pi0Module.sample_actions, rng, observation, num_steps=num_steps or 10, noise=noise)
+    observation = _model.preprocess_observation(None, observation, train=False)
+    if noise is None:
+      noise = jax.random.normal(rng, (observation.state.shape[0], self.config.action_horizon, self.config.action_dim))
+    prefix_arrays, kv_cache = self._apply(Pi0Module.encode, observation)
+
+    def denoise(x_t, net_time):
+      return self._apply(Pi0Module.denoise, observation, prefix_arrays, kv_cache, x_t, net_time).astype(jnp.float32)
+
+    return self.config.objective_fn().sample(denoise, noise, num_steps)
 
   def compute_loss_with_intermediates(self, rng, observation, actions, *, train=False, noise=None, time=None):
     """-> (loss [B, AH], dict of sown intermediates: prefix/suffix tokens and outputs, masks, positions, v_t)."""

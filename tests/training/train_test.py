@@ -1,0 +1,195 @@
+"""Training: sharding, frozen VLM, resume, Stage 1 -> Stage 2, and openpi's optimizer steps."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from apt_jax import checkpoints
+from apt_jax import optimizer as _optimizer
+from apt_jax import sharding as _sharding
+from apt_jax import train
+from apt_jax import tree as tree_lib
+from apt_jax.models import model as _model
+from experiments import debug
+
+
+def debug_config(arg="stage1", **overrides) -> ml_collections.ConfigDict:
+  c = debug.get_config(arg)
+  c.progress_bar = False
+  c.async_checkpoint = False
+  c.num_train_steps = 4
+  c.log_every_steps = 1
+  for k, v in overrides.items():
+    node, *path = k.split(".")
+    target = c
+    for p in [node, *path][:-1]:
+      target = target[p]
+    target[[node, *path][-1]] = v
+  return c
+
+
+def fake_batches(model_config, n, batch_size=8):
+  data = train.FakeData(model_config, batch_size, seed=0)
+  return [next(data) for _ in range(n)]
+
+
+def run_steps(config, mesh, batches):
+  model_config = train.model_config_from(config)
+  setup = train.make_setup(config, model_config, mesh)
+  state = train.init_train_state(config, setup, jax.random.key(0))
+  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b), out_shardings=(setup.state_shardings, None))
+  losses = []
+  for b in batches:
+    state, metrics = step(jax.random.key(1), state, train.to_global_batch(b, mesh))
+    losses.append(float(metrics["loss"]))
+  return state, losses, setup
+
+
+def test_sharded_step_on_2x4_mesh_equals_single_device():
+  config = debug_config("joint", **{"mesh.min_fsdp_mbytes": 0.0, "mesh.fsdp_devices": 4})
+  batches = fake_batches(train.model_config_from(config), 2)
+  mesh8 = _sharding.make_mesh(4)
+  assert dict(mesh8.shape) == {"data": 2, "fsdp": 4}
+  s8, l8, setup8 = run_steps(config, mesh8, batches)
+  specs = [s.spec for s in jax.tree.leaves(setup8.state_shardings.params)]
+  assert any(_sharding.FSDP_AXIS in tuple(sp) for sp in specs)  # FSDP really shards something.
+  s1, l1, _ = run_steps(config, _sharding.make_mesh(1, devices=jax.devices()[:1]), batches)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  for k, v in tree_lib.flatten(s1.params).items():
+    np.testing.assert_allclose(np.asarray(tree_lib.flatten(s8.params)[k]), np.asarray(v), atol=1e-5, err_msg=k)
+
+
+def test_stage1_leaves_vlm_params_bit_identical_and_without_optimizer_state():
+  config = debug_config("stage1")
+  mesh = _sharding.make_mesh(1)
+  model_config = train.model_config_from(config)
+  setup = train.make_setup(config, model_config, mesh)
+  state0 = train.init_train_state(config, setup, jax.random.key(0))
+  frozen0 = jax.tree.map(np.asarray, state0.frozen)
+  trainable0 = jax.tree.map(np.asarray, state0.params)
+  opt_keys = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state0.opt_state)}
+  assert not any("PaliGemma']['img" in k or "input_embedding" in k for k in opt_keys)
+  assert set(tree_lib.flatten(frozen0)) == {k for k in tree_lib.flatten(model_config.abstract_params())
+                                            if _model.is_vlm_param(k)}
+  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b))
+  state = state0
+  for b in fake_batches(model_config, 2):
+    state, _ = step(jax.random.key(1), state, train.to_global_batch(b, mesh))
+  for k, v in tree_lib.flatten(state.frozen).items():
+    np.testing.assert_array_equal(np.asarray(v), tree_lib.flatten(frozen0)[k], err_msg=k)
+  assert any(np.any(np.asarray(v) != tree_lib.flatten(trainable0)[k]) for k, v in tree_lib.flatten(state.params).items())
+
+
+def _final_params(workdir, step):
+  return tree_lib.flatten(checkpoints.restore_params(workdir / "checkpoints" / str(step) / "params",
+                                                     restore_type=np.ndarray))
+
+
+@pytest.fixture(scope="module")
+def stage1_runs(tmp_path_factory):
+  """4 steps straight, and 2 steps + a fresh restart + 2 more, both on the shipped sample data."""
+  root = tmp_path_factory.mktemp("resume")
+  straight, resumed = root / "straight", root / "resumed"
+  train.main(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), straight)
+  train.main(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3, num_train_steps=2), resumed)
+  train.main(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), resumed)
+  return straight, resumed
+
+
+def test_resume_gives_bit_identical_result(stage1_runs):
+  straight, resumed = stage1_runs
+  a, b = _final_params(straight, 4), _final_params(resumed, 4)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  la = {r["step"]: r["loss"] for r in train.read_metrics(straight)}
+  lb = {r["step"]: r["loss"] for r in train.read_metrics(resumed)}
+  assert la == lb and sorted(la) == [0, 1, 2, 3]
+  assert (straight / "loss.png").stat().st_size > 0
+  assert (straight / "checkpoints" / "4" / "assets" / "libero_sample" / "norm_stats.json").exists()
+
+
+def test_stage2_initialised_from_stage1_reproduces_stage1(stage1_runs):
+  straight, _ = stage1_runs
+  s1_params = checkpoints.restore_params(straight / "checkpoints" / "4" / "params", restore_type=np.ndarray)
+  config = debug_config("stage2", init_from=str(straight))
+  s2_config = train.model_config_from(config)
+  setup = train.make_setup(config, s2_config, _sharding.make_mesh(1))
+  abstract = _optimizer.combine(setup.abstract_state.params, setup.abstract_state.frozen)
+  partial, restored, new = s2_config.stage2_partial_params(s1_params, abstract)
+  assert restored == sorted(tree_lib.flatten(s1_params)) and new and all("fusion_1" in k for k in new)
+  state = train.init_train_state(config, setup, jax.random.key(3), train.load_initial_params(config, s2_config,
+                                                                                              abstract))
+  s2 = s2_config.model_class()(config=s2_config, params=_optimizer.combine(state.params, state.frozen))
+  s1 = train.model_config_from(debug_config("stage1")).load(s1_params)
+  batch = train.FakeData(s2_config, 2, seed=5).__next__()
+  obs = _model.Observation.from_dict(batch)
+  f = jax.jit(lambda m: (m.compute_loss(jax.random.key(0), obs, batch["actions"]),
+                         m.sample_actions(jax.random.key(0), obs, num_steps=2)))
+  for x, y in zip(f(s1), f(s2)):
+    np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)
+
+
+def test_init_from_rejects_mismatched_stage1(tmp_path, stage1_runs):
+  straight, _ = stage1_runs
+  params = checkpoints.restore_params(straight / "checkpoints" / "4" / "params", restore_type=np.ndarray)
+  flat = tree_lib.flatten(params)
+  flat["state_proj/kernel"] = np.zeros((3, 3), np.float32)
+  bad = tmp_path / "bad_params"
+  checkpoints.save_params(bad, tree_lib.unflatten(flat))
+  config = debug_config("stage2", init_from=str(bad))
+  s2_config = train.model_config_from(config)
+  with pytest.raises(tree_lib.TreeMismatchError, match=r"state_proj/kernel: shape \(3, 3\)"):
+    train.load_initial_params(config, s2_config, s2_config.abstract_params())
+
+
+def test_nan_loss_stops_training_with_the_step(tmp_path):
+  config = debug_config("joint", **{"schedule.peak_lr": 1e30, "schedule.warmup_steps": 0, "num_train_steps": 3})
+  config.optimizer.clip_gradient_norm = 0.0
+  with pytest.raises(FloatingPointError, match=r"at step [12]"):
+    train.main(config, tmp_path)
+
+
+def test_optimizer_and_ema_reproduce_openpi_three_steps(openpi_fixture_dir, fixture_npz):
+  """openpi's 3 training steps on the fixture (settings from its README): losses and grad norms; EMA by hand."""
+  from tests.models.pi0_parity_test import fixture_config
+
+  d = fixture_npz
+  model_config = fixture_config(openpi_fixture_dir, "bfloat16")
+  readme = json.loads((openpi_fixture_dir / "config.json").read_text())["train"]
+  config = ml_collections.ConfigDict(dict(
+      schedule=dict(kind="warmup_cosine", peak_lr=1e-3, warmup_steps=2, decay_steps=10, decay_lr=1e-4),
+      optimizer=dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-10, clip_gradient_norm=1.0, decay_all=True),
+      ema_decay=readme["ema_decay"], grad_accum_steps=1, frozen_dtype="", train_augment=False,
+      mesh=dict(fsdp_devices=1, min_fsdp_mbytes=4.0)))
+  mesh = _sharding.make_mesh(1, devices=jax.devices()[:1])
+  # The model config is fixed by the fixture; make_setup builds the optimizer for it.
+  setup = train.make_setup(config, model_config, mesh)
+  params0 = checkpoints.restore_params(openpi_fixture_dir / "checkpoint" / "params", restore_type=np.ndarray)
+  state = train.init_train_state(config, setup, jax.random.key(0), params0)
+  batch = {"image": {k: d[f"in/image/{k}"] for k in _model.IMAGE_KEYS},
+           "image_mask": {k: d[f"in/image_mask/{k}"] for k in _model.IMAGE_KEYS},
+           "state": d["in/state"], "tokenized_prompt": d["in/tokenized_prompt"],
+           "tokenized_prompt_mask": d["in/tokenized_prompt_mask"], "actions": d["in/actions"]}
+  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b))
+  losses, grad_norms, trajectory = [], [], [tree_lib.flatten(params0)]
+  for _ in range(3):
+    state, metrics = step(jax.random.key(42), state, batch)
+    losses.append(float(metrics["loss"]))
+    grad_norms.append(float(metrics["grad_norm"]))
+    trajectory.append(tree_lib.flatten(jax.tree.map(np.asarray, state.params)))
+  np.testing.assert_allclose(losses, d["train/losses"], rtol=2e-3)
+  np.testing.assert_allclose(grad_norms, d["train/grad_norms"], rtol=5e-3)
+  assert losses[2] < losses[0]
+  # EMA by hand: e_{t+1} = 0.99 e_t + 0.01 p_{t+1}, e_0 = p_0.
+  decay = readme["ema_decay"]
+  ema = tree_lib.flatten(jax.tree.map(np.asarray, state.ema_params))
+  for k in ["action_out_proj/kernel", "PaliGemma/llm/layers/attn/q_einsum_1/w"]:
+    e = trajectory[0][k].astype(np.float64)
+    for p in trajectory[1:]:
+      e = decay * e + (1 - decay) * p[k]
+    np.testing.assert_allclose(ema[k], e, rtol=1e-5, atol=1e-7, err_msg=k)
