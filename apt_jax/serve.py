@@ -44,6 +44,7 @@ import functools
 import hmac
 import http
 import logging
+import math
 import os
 import threading
 import time
@@ -87,7 +88,7 @@ def _dtype(spec) -> np.dtype:
     dtype = np.dtype(spec.decode() if isinstance(spec, bytes) else spec)
   except (TypeError, ValueError, UnicodeDecodeError) as e:
     raise RequestError(f"bad array dtype {spec!r}: {e}") from None
-  if dtype.kind in ("V", "O", "c") or dtype.hasobject:
+  if dtype.kind in ("V", "O", "c") or dtype.hasobject or dtype.itemsize == 0:
     raise RequestError(f"unsupported array dtype {dtype}")
   return dtype
 
@@ -96,13 +97,14 @@ def _unpack_array(obj):
   if b"__ndarray__" in obj:
     dtype = _dtype(obj.get(b"dtype"))
     shape, data = obj.get(b"shape"), obj.get(b"data")
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in shape):
+    if (not isinstance(shape, (list, tuple)) or len(shape) > 32
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
       raise RequestError(f"bad array shape {shape!r}")
     if not isinstance(data, bytes):
       raise RequestError("array data must be bytes")
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(data) or len(shape) > 32:
-      raise RequestError(f"array of shape {tuple(shape)} and dtype {dtype} needs "
-                         f"{int(np.prod(shape, dtype=np.int64)) * dtype.itemsize} bytes, got {len(data)}")
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    if nbytes != len(data):
+      raise RequestError(f"array of shape {tuple(shape)} and dtype {dtype} needs {nbytes} bytes, got {len(data)}")
     return np.ndarray(buffer=data, dtype=dtype, shape=tuple(shape))
   if b"__npgeneric__" in obj:
     dtype = _dtype(obj.get(b"dtype"))

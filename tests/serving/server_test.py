@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import socket
@@ -62,6 +63,22 @@ def test_wire_format_is_openpi_msgpack_numpy(rng):
   assert back["g"] == np.float32(1.5) and back["g"].dtype == np.float32 and back["l"] == [1, 2.0]
   with pytest.raises(ValueError, match="Unsupported dtype"):
     serve.packb({"x": np.array([1 + 2j])})
+
+
+@pytest.mark.parametrize("frame, needle", [
+    (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<U0", b"shape": [10**12]}}),
+     "unsupported array dtype"),
+    (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [2**40, 2**40, 0]}}),
+     "array is too big"),
+    (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 4, b"dtype": 7, b"shape": [1]}}), "dtype"),
+    (msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 4, b"dtype": "<f4", b"shape": [-4]}}), "shape"),
+    (msgpack.packb({"x": {b"__npgeneric__": True, b"data": "abc", b"dtype": "<f4"}}), "numpy scalar"),
+    (b"\x91" * 100_000 + b"\x00", "malformed msgpack"),
+    (b"\xdf\xff\xff\xff\xff", "malformed msgpack"),
+])
+def test_decoder_rejects_hostile_frames(frame, needle):
+  with pytest.raises(serve.RequestError, match=needle):
+    serve.unpackb(frame)
 
 
 def test_openpi_client_round_trip_equals_direct_policy(tiny_policy, rng):
@@ -232,3 +249,24 @@ def test_cli_serves_a_checkpoint(tiny_ckpt, tmp_path, rng):
       proc.kill()
       proc.wait(timeout=10)
     log.close()
+
+
+def test_serves_an_openpi_checkpoint(openpi_fixture_dir, tiny_tokenizer_path, tmp_path, rng):
+  """openpi's own checkpoint (params + assets/<asset_id>/norm_stats.json, no model config) behind the server."""
+  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
+  c = json.loads((openpi_fixture_dir / "config.json").read_text())
+  p = c["pi0_config"]
+  cfg = tmp_path / "model.json"
+  cfg.write_text(json.dumps(dict(
+      action_dim=p["action_dim"], action_horizon=p["action_horizon"], max_token_len=p["max_token_len"],
+      paligemma_variant=c["gemma_configs"][p["paligemma_variant"]],
+      action_expert_variant=c["gemma_configs"][p["action_expert_variant"]],
+      siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"], dtype="bfloat16")))
+  pol = _policy.create_trained_policy(openpi_fixture_dir / "checkpoint", model_config=cfg, head="pi0",
+                                      tokenizer_path=tiny_tokenizer_path, delta_action_dims=6)
+  assert pol.metadata["norm_stats"] == "physical-intelligence/libero" and pol.metadata["param_dtype"] == "bfloat16"
+  with running_server(pol) as s:
+    client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
+    out = client.infer(pol.transforms.env.example(rng, prompt="put the bowl on the plate"))
+    assert out["actions"].shape == (p["action_horizon"], 7) and np.all(np.isfinite(out["actions"]))
+    client._ws.close()  # pylint: disable=protected-access
