@@ -271,9 +271,13 @@ def _gated_residual(x, y, gate):
 
 
 class Block(nn.Module):
-  """One decoder layer for all experts: pre-norm shared attention, [gated fusion], pre-norm gated MLP."""
+  """One decoder layer for all experts: pre-norm shared attention, [gated fusion], pre-norm gated MLP.
+
+  With `return_hidden`, the scan output is ((k, v), expert-0 output of this layer) instead of (k, v).
+  """
 
   configs: Sequence[Config]
+  return_hidden: bool = False
 
   @nn.compact
   def __call__(self, xs, kv_cache, positions, attn_mask, adarms_cond, fusion_mask):
@@ -309,6 +313,8 @@ class Block(nn.Module):
       out.append(x)
       gates.append(gate)
     xs = [_gated_residual(x, y, g) for x, y, g in zip(xs, out, gates)]
+    if self.return_hidden:
+      return xs, (new_kv, xs[0])
     return xs, new_kv
 
 
@@ -328,12 +334,16 @@ class Module(nn.Module):
     vocab_size: embedder rows (257 152 for PaliGemma).
     remat_policy: a key of REMAT_POLICIES, or "none" for no rematerialisation.
     scan: scan over layers (stacked params with a leading depth axis, as openpi).
+    return_hidden_states: also return expert 0's output of every layer (the scan output), [L, B, T, D], before
+      the final norm; `__call__` then returns (outputs, kv_cache, hidden_states). Used by heads that read VLM
+      features of a chosen layer (GR00T) or of many layers (the APT expert's taps).
   """
 
   configs: Sequence[Config]
   embed_dtype: str = "bfloat16"
   vocab_size: int = PALIGEMMA_VOCAB_SIZE
   remat_policy: str = "nothing_saveable"
+  return_hidden_states: bool = False
 
   def setup(self):
     depth = self.configs[0].depth
@@ -351,7 +361,7 @@ class Module(nn.Module):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=depth,
-    )(configs=self.configs)
+    )(configs=self.configs, return_hidden=self.return_hidden_states)
     self.final_norms = [RMSNorm(name=_name("final_norm", i)) for i in range(len(self.configs))]
 
   def embed(self, tokens):
@@ -373,7 +383,8 @@ class Module(nn.Module):
       adarms_cond: optional list of [B, C] conditioning vectors (adaptive RMSNorm) per expert.
       fusion_mask: [B, T, S] bool for experts with `fusion=True` (Stage 2); None disables fusion.
     Returns:
-      (list of [B, T_i, D_i] or None, (k, v) each [L, B, S, K, H]).
+      (list of [B, T_i, D_i] or None, (k, v) each [L, B, S, K, H]), plus expert 0's per-layer outputs
+      [L, B, T_0, D_0] when `return_hidden_states`.
     """
     embedded = [None if e is None else e.astype(self.embed_dtype) for e in embedded]
     mask = jnp.asarray(mask)[:, None, :, :]
@@ -381,6 +392,9 @@ class Module(nn.Module):
       fusion_mask = jnp.asarray(fusion_mask)[:, None, :, :]
     if adarms_cond is None:
       adarms_cond = [None] * len(self.configs)
-    embedded, kv_cache = self.layers(embedded, kv_cache, positions, mask, adarms_cond, fusion_mask)
+    embedded, scan_out = self.layers(embedded, kv_cache, positions, mask, adarms_cond, fusion_mask)
     outs = [None if e is None else f(e, a)[0] for f, e, a in zip(self.final_norms, embedded, adarms_cond)]
-    return outs, kv_cache
+    if self.return_hidden_states:
+      kv_cache, hidden = scan_out
+      return outs, kv_cache, hidden
+    return outs, scan_out

@@ -1,0 +1,210 @@
+"""Training objectives and samplers shared by the action heads: flow matching (two time conventions) and DDIM.
+
+Every objective talks to a head through one function, `denoise(x_t, net_time) -> prediction [B, AH, AD]`, and
+decides what `net_time` ([B] float) is; each head turns it into its own time embedding:
+
+  objective              prediction     net_time given to the head                 sampler (default steps)
+  FlowMatching("pi0")    u = ε − a      t ∈ (0, 1], t=1 noise (openpi)             Euler 1 → 0 (10)
+  FlowMatching("gr00t")  v = a − ε      discretised bucket ⌊t·1000⌋, t=1 data     Euler 0 → 1 (4)
+  Ddim                   ε              integer step k ∈ {0..T−1}, k large = noisy  DDIM, η=0 (20)
+
+Flow matching (openpi): x_t = t·ε + (1−t)·a, t = Beta(1.5, 1)·0.999 + 0.001; MSE.
+Flow matching (GR00T N1.5, `flow_matching_action_head.py`): t = (s − Beta(1.5, 1))/s with s = 0.999, so t ∈ [−0.001, 1]
+  with most mass near 0 (noise); x_t = (1−t)·ε + t·a; the network sees ⌊t·1000⌋ (truncated toward zero, as torch's
+  `.long()`); MSE. Sampling: t_i = i/K, bucket int(t_i·1000) computed in float64 as GR00T's Python loop does.
+DDIM (the paper's head, diffusers `DDIMScheduler`): T = 100 training steps, `squaredcos_cap_v2` betas, ε-prediction,
+  k uniform over {0..T−1}, x_k = √ᾱ_k·a + √(1−ᾱ_k)·ε; L1 loss with per-dimension-group weights (APT:
+  30·L1(pos) + 10·L1(rot6d) + 10·L1(gripper)). Sampling: diffusers defaults ("leading" spacing, steps_offset 0,
+  set_alpha_to_one=True, η=0) with clip_sample=False: k = 95, 90, …, 0 for 20 steps.
+
+Letters: B batch, AH action horizon, AD action dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+ObjectiveName = Literal["flow", "ddim"]
+
+
+def group_weights(loss_weights: Sequence[tuple[int, float]], action_dim: int) -> np.ndarray:
+  """Per-dimension weights [AD] so that Σ_d w_d·e_d = Σ_g weight_g · mean_{d∈g} e_d.
+
+  loss_weights: ((num_dims, weight), ...) covering the leading dims in order; dims after the last group get weight 0
+  (padding, e.g. LIBERO's 7 real dims inside action_dim 32). Empty: one group over all dims with weight 1 (a mean).
+  """
+  if not loss_weights:
+    return np.full((action_dim,), 1.0 / action_dim, np.float32)
+  w = np.zeros((action_dim,), np.float32)
+  start = 0
+  for group in loss_weights:
+    n, weight = int(group[0]), float(group[1])
+    if n <= 0:
+      raise ValueError(f"loss_weights group {tuple(group)} must have a positive number of dims")
+    if start + n > action_dim:
+      raise ValueError(f"loss_weights {loss_weights} cover {start + n} dims > action_dim {action_dim}")
+    w[start:start + n] = weight / n
+    start += n
+  return w
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowMatching:
+  """Rectified-flow matching with openpi's ("pi0") or GR00T's ("gr00t") time convention."""
+
+  convention: Literal["pi0", "gr00t"] = "pi0"
+  num_steps: int | None = None  # None: 10 for "pi0", 4 for "gr00t".
+  beta_alpha: float = 1.5
+  beta_beta: float = 1.0
+  noise_s: float = 0.999  # GR00T's `noise_s`; openpi's 0.999 scale + 0.001 offset.
+  num_buckets: int = 1000  # GR00T's `num_timestep_buckets`.
+
+  def __post_init__(self):
+    if self.convention not in ("pi0", "gr00t"):
+      raise ValueError(f"flow convention {self.convention!r}; expected 'pi0' or 'gr00t'")
+
+  @property
+  def default_steps(self) -> int:
+    if self.num_steps is not None:
+      return self.num_steps
+    return 10 if self.convention == "pi0" else 4
+
+  def sample_time(self, rng, batch_shape) -> jax.Array:
+    b = jax.random.beta(rng, self.beta_alpha, self.beta_beta, batch_shape)
+    if self.convention == "pi0":
+      return b * 0.999 + 0.001
+    return (self.noise_s - b) / self.noise_s
+
+  def net_time(self, t) -> jax.Array:
+    if self.convention == "pi0":
+      return t
+    return jnp.trunc(t * self.num_buckets)
+
+  def training_inputs(self, rng, actions, *, noise=None, time=None):
+    """-> (x_t, net_time [B], target). `time` is the continuous t of this convention."""
+    noise_rng, time_rng = jax.random.split(rng)
+    if noise is None:
+      noise = jax.random.normal(noise_rng, actions.shape)
+    if time is None:
+      time = self.sample_time(time_rng, actions.shape[:-2])
+    t = time[..., None, None]
+    if self.convention == "pi0":
+      return t * noise + (1 - t) * actions, self.net_time(time), noise - actions
+    return (1 - t) * noise + t * actions, self.net_time(time), actions - noise
+
+  def loss(self, prediction, target) -> jax.Array:
+    """MSE over AD -> [B, AH]."""
+    return jnp.mean(jnp.square(prediction - target), axis=-1)
+
+  def sample(self, denoise: Denoiser, noise, num_steps: int | None = None) -> jax.Array:
+    """Euler integration from noise to data with `num_steps` uniform steps."""
+    k = num_steps or self.default_steps
+    batch = noise.shape[0]
+    if self.convention == "pi0":
+      times = np.array([1.0 - i / k for i in range(k)], np.float32)
+      dt = -1.0 / k
+    else:
+      times = np.array([int(i / k * self.num_buckets) for i in range(k)], np.float32)  # Buckets, as GR00T.
+      dt = 1.0 / k
+
+    def body(i, x):
+      v = denoise(x, jnp.broadcast_to(jnp.asarray(times)[i], (batch,)))
+      return x + dt * v.astype(x.dtype)
+
+    return jax.lax.fori_loop(0, k, body, noise)
+
+
+def squaredcos_cap_v2_alphas_cumprod(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
+  """ᾱ_k, k = 0..T−1, of diffusers' `betas_for_alpha_bar` with the cosine schedule (Nichol & Dhariwal)."""
+  alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+  betas = np.array([min(1 - alpha_bar((i + 1) / num_train_steps) / alpha_bar(i / num_train_steps), max_beta)
+                    for i in range(num_train_steps)], np.float64)
+  return np.cumprod(1.0 - betas)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ddim:
+  """DDPM training with ε-prediction and a weighted L1 loss; deterministic DDIM sampling."""
+
+  action_dim: int
+  num_train_steps: int = 100
+  num_steps: int | None = None  # None: 20.
+  loss_weights: tuple = ()
+
+  @property
+  def default_steps(self) -> int:
+    return self.num_steps or 20
+
+  @property
+  def alphas_cumprod(self) -> np.ndarray:
+    return squaredcos_cap_v2_alphas_cumprod(self.num_train_steps).astype(np.float32)
+
+  def training_inputs(self, rng, actions, *, noise=None, time=None):
+    """-> (x_k, net_time = k as float [B], target = ε). `time` is the integer step k."""
+    noise_rng, time_rng = jax.random.split(rng)
+    if noise is None:
+      noise = jax.random.normal(noise_rng, actions.shape)
+    if time is None:
+      time = jax.random.randint(time_rng, actions.shape[:-2], 0, self.num_train_steps)
+    ac = jnp.asarray(self.alphas_cumprod)[time][..., None, None]
+    x = jnp.sqrt(ac) * actions + jnp.sqrt(1 - ac) * noise
+    return x, jnp.asarray(time, jnp.float32), noise
+
+  def loss(self, prediction, target) -> jax.Array:
+    """Group-weighted L1 over AD -> [B, AH]."""
+    w = jnp.asarray(group_weights(self.loss_weights, self.action_dim))
+    return jnp.sum(jnp.abs(prediction - target) * w, axis=-1)
+
+  def timesteps(self, num_steps: int | None = None) -> np.ndarray:
+    """diffusers' "leading" spacing: (arange(S) · T//S) reversed."""
+    s = num_steps or self.default_steps
+    if not 0 < s <= self.num_train_steps:
+      raise ValueError(f"DDIM num_steps={s} must be in [1, {self.num_train_steps}]")
+    return (np.arange(s) * (self.num_train_steps // s))[::-1].astype(np.int32)
+
+  def sample(self, denoise: Denoiser, noise, num_steps: int | None = None) -> jax.Array:
+    steps = self.timesteps(num_steps)
+    ratio = self.num_train_steps // len(steps)
+    ac = self.alphas_cumprod
+    a_t = ac[steps]
+    a_prev = np.array([ac[k - ratio] if k - ratio >= 0 else 1.0 for k in steps], np.float32)  # set_alpha_to_one.
+    steps, a_t, a_prev = (jnp.asarray(x) for x in (steps, a_t, a_prev))
+    batch = noise.shape[0]
+
+    def body(i, x):
+      eps = denoise(x, jnp.broadcast_to(steps[i].astype(jnp.float32), (batch,))).astype(x.dtype)
+      x0 = (x - jnp.sqrt(1 - a_t[i]) * eps) / jnp.sqrt(a_t[i])  # clip_sample=False
+      return jnp.sqrt(a_prev[i]) * x0 + jnp.sqrt(1 - a_prev[i]) * eps
+
+    return jax.lax.fori_loop(0, len(steps), body, noise)
+
+
+def make(name: ObjectiveName, *, flow_convention: str, action_dim: int, num_steps: int | None = None,
+         loss_weights: Sequence = (), num_train_steps: int = 100):
+  """The objective a head config asks for."""
+  if name == "flow":
+    return FlowMatching(convention=flow_convention, num_steps=num_steps)
+  if name == "ddim":
+    return Ddim(action_dim=action_dim, num_train_steps=num_train_steps, num_steps=num_steps,
+                loss_weights=tuple(tuple(g) for g in loss_weights))
+  raise ValueError(f"objective={name!r}; expected 'flow' or 'ddim'")
+
+
+def validate(name: str, loss_weights: Sequence, action_dim: int) -> None:
+  """Config-time checks (so a bad config fails at construction, not inside jit)."""
+  if name not in ("flow", "ddim"):
+    raise ValueError(f"objective={name!r}; expected 'flow' or 'ddim'")
+  group_weights(tuple(tuple(g) for g in loss_weights), action_dim)
+
+
+def normalize_loss_weights(loss_weights) -> tuple:
+  """ml_collections/JSON lists -> a hashable tuple of (num_dims, weight) pairs."""
+  return tuple((int(g[0]), float(g[1])) for g in (loss_weights or ()))
