@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import functools
 import hmac
 import http
 import logging

@@ -181,3 +181,16 @@ def test_policy_config_json_and_overrides(tiny_ckpt, tmp_path):
 def test_openpi_checkpoint_needs_a_model_config(openpi_fixture_dir):
   with pytest.raises(FileNotFoundError, match="model_config"):
     _policy.create_trained_policy(openpi_fixture_dir / "checkpoint")
+
+
+def test_apt_stage1_policy_needs_no_prompt(tiny_policy, rng):
+  """A Stage 1 (VA prior) model ignores language: no tokenizer, no prompt needed; metadata says stage1."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  cfg = dataclasses.replace(tiny_policy.model.config, apt_stage="stage1", vlm_trainable=False)
+  model = cfg.load(tiny_policy.model.params)
+  pol = _policy.Policy(model, _policy.Transforms(env=tiny_policy.transforms.env), metadata={"apt_stage": "stage1"})
+  obs = tiny_policy.transforms.env.example(rng)
+  del obs["prompt"]
+  assert pol.infer(obs)["actions"].shape == (4, 7)
+  with pytest.raises(ValueError, match="tokenizer"):
+    _policy.Policy(tiny_policy.model, _policy.Transforms(env=tiny_policy.transforms.env))
