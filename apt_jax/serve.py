@@ -27,7 +27,7 @@ Beyond openpi:
 * Optional token: with an API key set, the handshake must carry `Authorization: Api-Key <key>` (what openpi-client
   sends when given `api_key`), compared in constant time; otherwise HTTP 401.
 * Frames above `--max_frame_mb` (default 16 MiB) are refused by websockets with close code 1009 before they are
-  buffered; a 224x224 LIBERO request is ~150 KB.
+  buffered; a LIBERO request with two 224x224 images is ~300 KB.
 * Requests are decoded by a hardened msgpack_numpy (byte-identical wire format; no object/void/complex dtypes, array
   shapes must match their byte count) and validated by the env adapter (apt_jax.policies).
 * Several clients at once: inference runs in a thread pool (`--infer_threads`, default 1 so requests are served in

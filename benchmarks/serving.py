@@ -7,7 +7,7 @@ Without --checkpoint it builds the tiny π0 the serving tests use (SigLIP 32 wid
 wide, 2 layers, action horizon 4, float32 compute, bfloat16 params as openpi's inference), with the shipped sample
 tokenizer, LIBERO layout, delta actions and z-score norm stats. The server runs as `python -m apt_jax.serve` in a
 subprocess (`--in_process`: a thread of this process); clients are openpi-client `WebsocketClientPolicy` objects in
-threads of this process, each sending LIBERO requests (two 224x224x3 uint8 images, state (8,), a prompt; ~150 KB).
+threads of this process, each sending LIBERO requests (two 224x224x3 uint8 images, state (8,), a prompt; ~300 KB).
 
 Reported:
 * `direct`: `Policy.infer` called in this process (same checkpoint, same settings), ms per call.
