@@ -87,8 +87,10 @@ MODEL_CONFIG_FILE = "model_config.json"
 
 
 def write_assets(assets_dir: str | os.PathLike, *, model_config=None, norm_stats: dict | None = None,
-                 asset_id: str | None = None) -> None:
-  """Writes the assets of a checkpoint step (model config JSON, norm stats under `<asset_id>/`)."""
+                 asset_id: str | None = None, policy_config=None) -> None:
+  """Writes the assets of a checkpoint step: model config JSON, norm stats under `<asset_id>/`, and the inference
+  settings (`policy_config.json`, apt_jax.policy.PolicyConfig) with the tokenizer copied in as `tokenizer.model`,
+  so that `python -m apt_jax.serve --checkpoint <step>` needs nothing else."""
   from apt_jax.data import normalize
   from apt_jax.models import registry
 
@@ -96,6 +98,17 @@ def write_assets(assets_dir: str | os.PathLike, *, model_config=None, norm_stats
   assets_dir.mkdir(parents=True, exist_ok=True)
   if model_config is not None:
     registry.save_config(assets_dir / MODEL_CONFIG_FILE, model_config)
+  if policy_config is not None:
+    import shutil
+
+    from apt_jax import policy as _policy
+
+    if policy_config.tokenizer_path:
+      if not os.path.exists(policy_config.tokenizer_path):
+        raise FileNotFoundError(f"tokenizer_path {policy_config.tokenizer_path} not found (config.tokenizer_path)")
+      shutil.copyfile(policy_config.tokenizer_path, assets_dir / _policy.TOKENIZER_FILE)
+      policy_config = dataclasses.replace(policy_config, tokenizer_path=_policy.TOKENIZER_FILE)
+    _policy.write_policy_config(assets_dir, policy_config)
   if norm_stats is not None:
     if not asset_id:
       raise ValueError("asset_id is required to write norm stats (e.g. 'physical-intelligence/libero')")
@@ -133,7 +146,8 @@ class AssetsHandler(ocp.CheckpointHandler):
 
   def save(self, directory, args: "AssetsSave"):
     if jax.process_index() == 0:
-      write_assets(directory, model_config=args.model_config, norm_stats=args.norm_stats, asset_id=args.asset_id)
+      write_assets(directory, model_config=args.model_config, norm_stats=args.norm_stats, asset_id=args.asset_id,
+                   policy_config=args.policy_config)
 
   def restore(self, directory, args=None):
     return pathlib.Path(directory)
@@ -145,6 +159,7 @@ class AssetsSave(ocp.args.CheckpointArgs):
   model_config: object = None
   norm_stats: dict | None = None
   asset_id: str | None = None
+  policy_config: object = None
 
 
 @ocp.args.register_with_handler(AssetsHandler, for_restore=True)

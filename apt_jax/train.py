@@ -205,7 +205,7 @@ class CheckpointManager:
     return self.mngr.latest_step()
 
   def save(self, step: int, state: TrainState, *, data_state=None, model_config=None, norm_stats=None,
-           asset_id=None, force: bool = False):
+           asset_id=None, policy_config=None, force: bool = False):
     ocp = self._ocp
     params = _optimizer.combine(state.ema_params if state.ema_params is not None else state.params, state.frozen)
     # openpi: with EMA, train_state keeps the raw params; without, params live only in the params item.
@@ -215,7 +215,8 @@ class CheckpointManager:
         params=ocp.args.PyTreeSave({"params": checkpoints.add_value(params)}),
         train_state=ocp.args.PyTreeSave(train_state),
         data_state=ocp.args.JsonSave(data_state or {}),
-        assets=checkpoints.AssetsSave(model_config=model_config, norm_stats=norm_stats, asset_id=asset_id)),
+        assets=checkpoints.AssetsSave(model_config=model_config, norm_stats=norm_stats, asset_id=asset_id,
+                                      policy_config=policy_config)),
         force=force)
 
   def restore(self, step: int, setup: Setup) -> tuple[TrainState, dict]:
@@ -423,7 +424,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   num_steps = config.num_train_steps
   log_every = config.get("log_every_steps", 10)
   ckpt_every = config.get("ckpt_every_steps", 1000)
-  save_kw = dict(model_config=model_config, norm_stats=norm_stats, asset_id=config.get("asset_id") or None)
+  from apt_jax import policy as _policy
+  save_kw = dict(model_config=model_config, norm_stats=norm_stats, asset_id=config.get("asset_id") or None,
+                 policy_config=_policy.policy_config_from_experiment(config))
   pbar = None
   if is_main and config.get("progress_bar", True):
     from tqdm import tqdm

@@ -193,3 +193,17 @@ def test_optimizer_and_ema_reproduce_openpi_three_steps(openpi_fixture_dir, fixt
     for p in trajectory[1:]:
       e = decay * e + (1 - decay) * p[k]
     np.testing.assert_allclose(ema[k], e, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_trained_checkpoint_serves_without_extra_settings(stage1_runs):
+  """A training checkpoint carries model config, norm stats, tokenizer and policy settings in assets/."""
+  from apt_jax import policy
+
+  straight, _ = stage1_runs
+  p = policy.create_trained_policy(straight / "checkpoints" / "4")
+  rng = np.random.default_rng(0)
+  out = p.infer({"observation/image": rng.integers(0, 256, (64, 64, 3), np.uint8),
+                 "observation/wrist_image": rng.integers(0, 256, (64, 64, 3), np.uint8),
+                 "observation/state": rng.normal(size=8).astype(np.float32),
+                 "prompt": "put the bowl on the plate"})
+  assert out["actions"].shape == (10, 7) and np.all(np.isfinite(out["actions"]))

@@ -1,0 +1,17 @@
+"""The AOT check compiles the train step from shapes and reports per-device memory."""
+
+from apt_jax.tools import aot_check
+from experiments import debug
+
+
+def test_aot_check_compiles_from_shapes_and_fsdp_shrinks_per_device_params():
+  config = debug.get_config("joint")
+  config.mesh.fsdp_devices = 4
+  config.mesh.min_fsdp_mbytes = 0.0
+  out = aot_check.aot_check(config)
+  assert out["mesh"] == {"data": 2, "fsdp": 4}
+  assert out["params"] == out["trainable_params"] > 0  # joint: nothing frozen
+  assert out["memory_analysis_GiB"]["argument_size_in_bytes"] >= 0
+  # Under FSDP each device holds less than the replicated total.
+  assert out["per_device_GiB"]["trainable_params"] < out["replicated_GiB"]["params"] or \
+      out["replicated_GiB"]["params"] < 0.01
