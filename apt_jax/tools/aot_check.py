@@ -73,6 +73,9 @@ def aot_check(config) -> dict:
       "replicated_GiB": {"params": gib(replicated(state.params) + replicated(state.frozen)),
                          "optimizer": gib(replicated(state.opt_state))},
       "memory_analysis_GiB": {k: gib(v) for k, v in mem_fields.items()},
+      "per_device_bytes": {"params": per_dev(state.params) + per_dev(state.frozen), "optimizer": per_dev(state.opt_state)},
+      "replicated_bytes": {"params": replicated(state.params) + replicated(state.frozen),
+                           "optimizer": replicated(state.opt_state)},
       "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1),
   }
 

@@ -12,6 +12,6 @@ def test_aot_check_compiles_from_shapes_and_fsdp_shrinks_per_device_params():
   assert out["mesh"] == {"data": 2, "fsdp": 4}
   assert out["params"] == out["trainable_params"] > 0  # joint: nothing frozen
   assert out["memory_analysis_GiB"]["argument_size_in_bytes"] >= 0
-  # Under FSDP each device holds less than the replicated total.
-  assert out["per_device_GiB"]["trainable_params"] < out["replicated_GiB"]["params"] or \
-      out["replicated_GiB"]["params"] < 0.01
+  # Under FSDP over 4 devices each device holds well under the replicated total (small arrays stay replicated).
+  for k in ("params", "optimizer"):
+    assert out["per_device_bytes"][k] < 0.5 * out["replicated_bytes"][k], k
