@@ -1,0 +1,84 @@
+"""The VLM's corpus: scenes from the same renderer, with rich language (captions, referring expressions, VQA,
+instruction grounding) that uses canonical words AND the synonyms/templates that the VLA demonstrations never use.
+
+Every sample is (image, prefix text, suffix text); the VLM is trained with PaliGemma's prefix-LM loss on the suffix.
+Location answers are a 3x3 grid: "top left", "top", "top right", "left", "center", "right", "bottom left", ...
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from apt_jax.envs import tabletop as T
+from apt_jax.testbed import language as L
+
+_ROWS, _COLS = ("top", "", "bottom"), ("left", "", "right")
+
+
+def location(p) -> str:
+  r, c = min(int(p[1] * 3), 2), min(int(p[0] * 3), 2)
+  words = " ".join(w for w in (_ROWS[r], _COLS[c]) if w)
+  return words or "center"
+
+
+def _word(rng, w, synonyms_p):
+  return str(rng.choice(L.SYNONYMS[w])) if rng.random() < synonyms_p else w
+
+
+def _obj_phrase(rng, kind, synonyms_p=0.6):
+  colour, shape = T.OBJECTS[kind]
+  return f"{_word(rng, colour, synonyms_p)} {_word(rng, shape, synonyms_p)}"
+
+
+def sample_qa(rng, state: T.State, i: int) -> tuple[int, str, str]:
+  """One (task id, question, answer) about scene i of `state`."""
+  n = int(rng.integers(NUM_TASKS))
+  return (n, *_qa(rng, state, i, n))
+
+
+def _qa(rng, state, i, n):
+  kinds, pos, cont = state.obj_kind[i], state.obj_pos[i], state.cont_pos[i]
+  if n == 0:    # referring expression -> location
+    j = int(rng.integers(len(kinds)))
+    return f"where is the {_obj_phrase(rng, kinds[j])}?", location(pos[j])
+  if n == 1:    # container -> location
+    c = int(rng.integers(len(T.CONTAINERS)))
+    return f"where is the {_word(rng, T.CONTAINERS[c], 0.6)}?", location(cont[c])
+  if n == 2:    # instruction grounding: which object / which container (any template, synonyms)
+    j, c = int(rng.integers(len(kinds))), int(rng.integers(len(T.CONTAINERS)))
+    text = L.instruction((int(kinds[j]), c), rng, paraphrase=rng.random() < 0.6)
+    if rng.random() < 0.5:
+      return f"{text}. object?", location(pos[j])
+    return f"{text}. target?", location(cont[c])
+  if n == 3:    # existence VQA
+    k = int(rng.integers(len(T.OBJECTS)))
+    return f"is there a {_obj_phrase(rng, k)}?", "yes" if k in kinds else "no"
+  if n == 4:    # colour VQA about the object nearest a container
+    c = int(rng.integers(len(T.CONTAINERS)))
+    j = int(np.argmin(np.linalg.norm(pos - cont[c], axis=-1)))
+    colour = T.OBJECTS[kinds[j]][0]
+    return f"what colour is the object nearest the {_word(rng, T.CONTAINERS[c], 0.5)}?", _word(rng, colour, 0.3)
+  # caption
+  order = rng.permutation(len(kinds))
+  return "caption", ", ".join(f"a {_obj_phrase(rng, kinds[j], 0.4)}" for j in order)
+
+
+NUM_TASKS = 6
+TASK_NAMES = ("refer", "container", "instruction", "exists", "colour", "caption")
+
+
+def generate(num_scenes: int, qa_per_scene: int, seed: int, image_size: int = 64):
+  """-> images [S, H, W, 3] uint8, a list of (scene index, question, answer), task ids [N]. Scene seeds are disjoint from the
+  VLA demonstrations and evaluation scenes (they start at 9_000_000)."""
+  rng = np.random.default_rng([seed, 3])
+  scene_seeds = [9_000_000 + seed * 100_000 + i for i in range(num_scenes)]
+  state = T.reset(scene_seeds)
+  # Move the gripper (sometimes holding an object) so the VLM also sees mid-task scenes.
+  state.gripper = rng.uniform(0.05, 0.95, state.gripper.shape)
+  images = T.render(state, image_size)
+  samples = [(i, *sample_qa(rng, state, i)) for i in range(num_scenes) for _ in range(qa_per_scene)]
+  return images, [(i, q, a) for i, _, q, a in samples], np.array([n for _, n, _, _ in samples])
+
+
+def all_sentences(qa) -> list[str]:
+  return [q for _, q, _ in qa] + [a for _, _, a in qa]

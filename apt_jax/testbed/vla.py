@@ -1,0 +1,184 @@
+"""VLA training on in-memory demonstration batches with train.py's own building blocks, and closed-loop evaluation.
+
+Training uses `train.make_setup` / `train.init_train_state` / `train.train_step` (the exact jitted step of
+`train.main`), the real PaliGemma npz loader (`train.load_initial_params` with `weight_loader.kind=paligemma_npz`)
+and the model's own Stage 1 -> Stage 2 initialisation (`stage2_partial_params`). Data come from an in-memory
+iterator (`ArrayData`, resumable like train.py's iterators) instead of the tf.data RLDS pipeline, which costs more
+start-up and per-step time than the whole demo budget allows (see the README section).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from apt_jax import optimizer as _optimizer
+from apt_jax import train
+from apt_jax import tree as tree_lib
+from apt_jax.envs import tabletop as T
+from apt_jax.models import model as _model
+
+IMAGE_SIZE = 64
+
+
+def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256):
+  """Pi0Config kwargs of the testbed's tiny π0 (size: dict of vlm_width, expert_width, depth, siglip_width...)."""
+  heads, head_dim = 2, size.get("head_dim", 16)
+  return dict(
+      apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation,
+      dtype="float32", action_dim=3, action_horizon=size["action_horizon"], max_token_len=size["max_token_len"],
+      vocab_size=vocab_size, num_steps=size.get("flow_steps", 5), remat_policy="none",
+      paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],
+                             num_heads=heads, num_kv_heads=1, head_dim=head_dim),
+      action_expert_variant=dict(width=size["expert_width"], depth=size["depth"], mlp_dim=2 * size["expert_width"],
+                                 num_heads=heads, num_kv_heads=1, head_dim=head_dim),
+      siglip_variant=dict(width=size["siglip_width"], depth=size["siglip_depth"], mlp_dim=2 * size["siglip_width"],
+                          num_heads=2, patch_size=(56, 56)))
+
+
+def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed: int, npz_path: str = "",
+                 name: str = "testbed") -> ml_collections.ConfigDict:
+  from experiments import common
+  c = common.base_config()
+  c.name = name
+  c.seed = seed
+  c.model.kwargs.update(model_kw)
+  c.data = ml_collections.ConfigDict(dict(kind="memory"))
+  c.batch_size = batch_size
+  c.num_train_steps = steps
+  c.schedule = dict(kind="warmup_cosine", peak_lr=lr, warmup_steps=min(30, steps // 5), decay_steps=steps,
+                    decay_lr=lr / 10)
+  c.optimizer.update(dict(weight_decay=1e-4, decay_all=False))
+  c.frozen_dtype = ""
+  c.train_augment = False
+  c.progress_bar = False
+  if npz_path:
+    c.weight_loader = ml_collections.ConfigDict(dict(kind="paligemma_npz", path=npz_path))
+  return c
+
+
+class ArrayData:
+  """Random batches (with replacement, seeded) from in-memory arrays; get_state/set_state like train.py's data."""
+
+  def __init__(self, arrays: dict, batch_size: int, seed: int):
+    self.arrays, self.batch_size, self.seed, self.count = arrays, batch_size, seed, 0
+    self.n = len(arrays["state"])
+
+  def __next__(self):
+    rng = np.random.default_rng([self.seed, self.count])
+    self.count += 1
+    idx = rng.integers(self.n, size=self.batch_size)
+    return make_batch(self.arrays["image"][idx], self.arrays["state"][idx], self.arrays["tokens"][idx],
+                      self.arrays["mask"][idx], self.arrays["actions"][idx])
+
+  def get_state(self):
+    return {"count": self.count}
+
+  def set_state(self, state):
+    self.count = int(state["count"])
+
+
+def make_batch(image, state, tokens, mask, actions=None) -> dict:
+  """openpi's dict layout: the base camera is the rendered scene; the two wrist cameras are absent (mask False)."""
+  b = len(state)
+  zeros = np.zeros_like(image)
+  batch = {"image": {"base_0_rgb": image, "left_wrist_0_rgb": zeros, "right_wrist_0_rgb": zeros},
+           "image_mask": {"base_0_rgb": np.ones(b, bool), "left_wrist_0_rgb": np.zeros(b, bool),
+                          "right_wrist_0_rgb": np.zeros(b, bool)},
+           "state": state.astype(np.float32), "tokenized_prompt": tokens.astype(np.int32),
+           "tokenized_prompt_mask": mask.astype(bool)}
+  if actions is not None:
+    batch["actions"] = actions.astype(np.float32)
+  return batch
+
+
+def train_vla(config, data, *, init_params: dict | None = None, log=print) -> tuple[dict, dict]:
+  """Trains `config.num_train_steps` steps on `data`. init_params: Stage 1 params (-> Stage 2 init via the model's
+  stage2_partial_params); otherwise `train.load_initial_params` (the PaliGemma npz loader). -> (params, info)."""
+  model_config, setup, step_fn, init_fn = _compiled(config)
+  abstract = _optimizer.combine(setup.abstract_state.params, setup.abstract_state.frozen)
+  if init_params is not None:
+    partial, _, new = model_config.stage2_partial_params(init_params, abstract)
+  else:
+    partial = train.load_initial_params(config, model_config, abstract)
+  rng = jax.random.key(config.seed)
+  train_rng, init_rng = jax.random.split(rng)
+  flat = tree_lib.flatten(abstract)
+  partial = tree_lib.unflatten({k: np.asarray(v, flat[k].dtype) for k, v in tree_lib.flatten(partial).items()})
+  state = init_fn(init_rng, partial)
+  t0, losses = time.time(), []
+  for i in range(config.num_train_steps):
+    batch = jax.tree.map(jnp.asarray, {k: v for k, v in next(data).items() if k in train.MODEL_KEYS})
+    state, metrics = step_fn(train_rng, state, batch)
+    if i % 50 == 0 or i in (1, 2) or i + 1 == config.num_train_steps:
+      m = jax.device_get(metrics)
+      losses.append((i, float(m["loss"])))
+      gates = {k: float(v) for k, v in m.items() if k.startswith("gate/")}
+      log(f"    [{config.name}] step {i + 1}/{config.num_train_steps} loss {float(m['loss']):.4f}"
+          + (f" gate {np.mean(list(gates.values())):.3f}" if gates else "") + f" ({time.time() - t0:.0f}s)")
+  params = jax.device_get(_optimizer.combine(state.params, state.frozen))
+  return params, {"losses": losses, "seconds": time.time() - t0, "model_config": model_config}
+
+
+_COMPILED, _POLICIES = {}, {}
+
+
+def _compiled(config):
+  """(model_config, setup, jitted train_step, jitted init) shared by runs that differ only in seed/name, so each
+  recipe compiles once however many seeds run."""
+  key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "name", "weight_loader")},
+                   sort_keys=True, default=str)
+  if key not in _COMPILED:
+    model_config = train.model_config_from(config)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+    setup = train.make_setup(config, model_config, mesh)
+    # As train.main: fixed state shardings in and out, so the step compiles once.
+    step_fn = jax.jit(functools.partial(train.train_step, setup.ctx), out_shardings=(setup.state_shardings, None),
+                      donate_argnums=(1,))
+    init_fn = jax.jit(functools.partial(train._init_state, config, setup.ctx, setup.is_frozen),  # noqa: SLF001
+                      out_shardings=setup.state_shardings)
+    _COMPILED[key] = (model_config, setup, step_fn, init_fn)
+  return _COMPILED[key]
+
+
+def make_policy(model_config, params, *, flow_steps: int = 5):
+  """-> fn(rng, batch) -> actions [B, AH, 3] (jitted once per model config, params as an argument)."""
+  key = (repr(model_config), flow_steps)
+  if key not in _POLICIES:
+    @jax.jit
+    def sample(params, rng, batch):
+      model = model_config.model_class()(config=model_config, params=params)
+      return model.sample_actions(rng, _model.Observation.from_dict(batch), num_steps=flow_steps)
+    _POLICIES[key] = sample
+  params = jax.device_put(params)
+  return functools.partial(_POLICIES[key], params)
+
+
+def rollout(policy, state: T.State, tokens, mask, *, steps: int = 32, replan: int = 4, seed: int = 0,
+            image_size: int = IMAGE_SIZE, chunk: int = 64) -> np.ndarray:
+  """Closed-loop batched rollout: sample an action chunk, execute `replan` actions, repeat. -> success [B]."""
+  n = state.batch_size
+  out = np.zeros(n, bool)
+  for lo in range(0, n, chunk):
+    idx = np.arange(lo, min(n, lo + chunk))
+    s = state.index(idx)
+    pad = chunk - len(idx)  # fixed batch shape: one compilation
+    done = np.zeros(len(idx), bool)
+    for t in range(0, steps, replan):
+      img = T.render(s, image_size)
+      st, tk, mk = T.observe_state(s), tokens[idx], mask[idx]
+      arrs = [img, st, tk, mk]
+      if pad:
+        arrs = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in arrs]
+      acts = np.asarray(policy(jax.random.key(seed * 100_003 + lo * 1009 + t), make_batch(*arrs)))[: len(idx)]
+      for j in range(replan):
+        s = T.step(s, acts[:, j])
+        done |= T.success(s)
+    out[idx] = done
+  return out

@@ -1,0 +1,151 @@
+"""Tiny PaliGemma pretraining with PaliGemma's prefix-LM loss, saved as a big_vision npz.
+
+Model: `siglip.Module` (-> `img`) + `gemma.Module(configs=(vlm_config,))` (-> `llm`): exactly the `{"img", "llm"}`
+tree that π0's `PaliGemma/` holds, so the result loads through `weight_loaders.PaliGemmaWeightLoader`.
+Sequence: [16 image tokens ; BOS question "\\n" (prefix, bidirectional) ; answer EOS (suffix, causal)]; the loss is
+cross-entropy on the suffix tokens through the tied embedding (`gemma.Module.decode`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from apt_jax import weight_loaders
+from apt_jax.models import gemma as _gemma
+from apt_jax.models import image_tools
+from apt_jax.models import pi0 as _pi0
+from apt_jax.models import siglip as _siglip
+
+
+class PaliGemmaLM(nn.Module):
+  """SigLIP + Gemma (one expert): the PaliGemma param tree `{"img": ..., "llm": ...}`."""
+
+  config: _pi0.Pi0Config
+
+  def setup(self):
+    c = self.config
+    self.img = _siglip.Module(c.siglip_variant, num_classes=c.vlm_config.width, dtype_mm="float32")
+    self.llm = _gemma.Module(configs=(c.vlm_config,), embed_dtype="float32", vocab_size=c.vocab_size,
+                             remat_policy="none")
+
+  def __call__(self, images, tokens, input_mask, ar):
+    """images float [B, 224, 224, 3] in [-1, 1]; tokens [B, L]; input_mask [B, L]; ar [B, L] -> logits [B, L, V]."""
+    img = self.img(images)
+    n = img.shape[1]
+    x = jnp.concatenate([img, self.llm.embed(tokens)], axis=1)
+    b = tokens.shape[0]
+    mask = jnp.concatenate([jnp.ones((b, n), bool), input_mask], axis=1)
+    ar_all = jnp.concatenate([jnp.zeros((b, n), bool), ar], axis=1)
+    attn = _pi0.make_attn_mask(mask, ar_all)
+    positions = jnp.cumsum(mask, axis=1) - 1
+    (out,), _ = self.llm([x], mask=attn, positions=positions)
+    return self.llm.decode(out[:, n:])
+
+
+def encode_qa(tokenizer, qa, prefix_len: int, suffix_len: int):
+  """-> tokens [N, L], input_mask [N, L], ar [N, L], loss_mask [N, L] (L = prefix_len + suffix_len).
+
+  Prefix: BOS + question + "\\n" (π0's prompt format), ar=False. Suffix: answer + EOS, ar=True, loss on it.
+  """
+  sp = tokenizer._sp
+  n = len(qa)
+  L = prefix_len + suffix_len
+  tokens = np.zeros((n, L), np.int32)
+  mask, ar, loss = (np.zeros((n, L), bool) for _ in range(3))
+  for i, (_, q, a) in enumerate(qa):
+    p = ([sp.bos_id()] + sp.encode(q) + sp.encode("\n"))[:prefix_len]
+    s = (sp.encode(a) + [sp.eos_id()])[:suffix_len]
+    tokens[i, :len(p)] = p
+    tokens[i, len(p):len(p) + len(s)] = s
+    mask[i, :len(p) + len(s)] = True
+    ar[i, len(p):len(p) + len(s)] = True
+    loss[i, len(p):len(p) + len(s)] = True
+  return tokens, mask, ar, loss
+
+
+def _prep(images):
+  x = jnp.asarray(images).astype(jnp.float32) / 255.0 * 2.0 - 1.0
+  return image_tools.resize_with_pad(x, 224, 224)
+
+
+def _loss_and_acc(module, params, images, tokens, mask, ar, loss_mask):
+  logits = module.apply({"params": params}, _prep(images), tokens, mask, ar)
+  # Logit at position i predicts token i + 1.
+  logits, targets, w = logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1)
+  correct = (jnp.argmax(logits, -1) == targets) | ~w
+  exact = jnp.all(correct, axis=-1)   # teacher-forced exact match == greedy decoding exact match
+  return loss, exact
+
+
+@dataclasses.dataclass
+class VlmResult:
+  params: dict
+  train_seconds: float
+  eval_accuracy: dict      # task name -> exact-match answer accuracy on held-out scenes
+  losses: list
+
+
+def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, steps: int, batch_size: int,
+             lr: float, seed: int, prefix_len: int, suffix_len: int, log=print) -> VlmResult:
+  """train_data/eval_data: (images, qa, task ids) from corpus.generate. Returns params {"img", "llm"}."""
+  module = PaliGemmaLM(model_config)
+  images, qa, _ = train_data
+  arrays = encode_qa(tokenizer, qa, prefix_len, suffix_len)
+  scene = np.array([i for i, _, _ in qa])
+  params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1]), *[jnp.asarray(a[:1]) for a in arrays[:3]])
+  params = params["params"]
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps, lr / 20)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.98, weight_decay=1e-4))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (loss, exact), grads = jax.value_and_grad(lambda p: _loss_and_acc(module, p, *batch), has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, jnp.mean(exact)
+
+  rng = np.random.default_rng(seed)
+  t0, losses = time.time(), []
+  for i in range(steps):
+    idx = rng.integers(len(qa), size=batch_size)
+    batch = (images[scene[idx]],) + tuple(a[idx] for a in arrays)
+    params, opt_state, loss, acc = step(params, opt_state, batch)
+    if i % 100 == 0 or i + 1 == steps:
+      losses.append((i, float(loss)))
+      log(f"    [vlm] step {i + 1}/{steps} loss {float(loss):.3f} train exact-match {float(acc):.2f} "
+          f"({time.time() - t0:.0f}s)")
+  seconds = time.time() - t0
+  return VlmResult(params=jax.device_get(params), train_seconds=seconds,
+                   eval_accuracy=evaluate(module, params, tokenizer, eval_data, prefix_len, suffix_len),
+                   losses=losses)
+
+
+def evaluate(module, params, tokenizer, data, prefix_len, suffix_len, batch_size: int = 256) -> dict:
+  images, qa, task = data
+  arrays = encode_qa(tokenizer, qa, prefix_len, suffix_len)
+  scene = np.array([i for i, _, _ in qa])
+  fn = jax.jit(lambda p, b: _loss_and_acc(module, p, *b)[1])
+  exact = []
+  for lo in range(0, len(qa), batch_size):
+    idx = np.arange(lo, min(len(qa), lo + batch_size))
+    idx = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])
+    exact.append(np.asarray(fn(params, (images[scene[idx]],) + tuple(a[idx] for a in arrays)))[: min(batch_size, len(qa) - lo)])
+  exact = np.concatenate(exact)
+  task = np.asarray(task)
+  from apt_jax.testbed import corpus
+  acc = {name: float(exact[task == t].mean()) for t, name in enumerate(corpus.TASK_NAMES) if (task == t).any()}
+  acc["all"] = float(exact.mean())
+  return acc
+
+
+def save(path, params) -> None:
+  weight_loaders.save_paligemma_npz(path, params)
