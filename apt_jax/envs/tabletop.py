@@ -24,11 +24,11 @@ NUM_OBJECTS = 3
 RGB = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 70, 230), "yellow": (235, 215, 20)}
 CONTAINER_RGB = {"bowl": (250, 250, 250), "box": (120, 70, 30), "plate": (40, 40, 40)}
 TABLE_RGB = (150, 150, 160)
-MAX_STEP = 0.08
-GRASP_RADIUS = 0.06
-CONTAINER_RADIUS = 0.09
-OBJECT_RADIUS = 0.045
-MAX_EPISODE_STEPS = 40
+MAX_STEP = 0.15
+GRASP_RADIUS = 0.09
+CONTAINER_RADIUS = 0.1
+OBJECT_RADIUS = 0.05
+MAX_EPISODE_STEPS = 20
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ def reset_one(seed: int, kinds=None, target=None) -> State:
     if target is not None and target[0] not in kinds:
       kinds[rng.integers(NUM_OBJECTS)] = target[0]
   kinds = np.asarray(kinds)
-  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, 0.2)
+  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, 0.22, 0.1, 0.9)
   if target is None:
     t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
   else:

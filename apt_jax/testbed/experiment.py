@@ -47,12 +47,12 @@ SIZE = dict(vlm_width=64, expert_width=32, depth=2, head_dim=16, siglip_width=32
 
 DEMO = dict(
     size=SIZE, seeds=(0, 1, 2), recipes=tuple(RECIPES),
-    data=dict(episodes=300, episode_len=24, expert_noise=0.3),
+    data=dict(episodes=300, episode_len=14, expert_noise=0.3),
     tokenizer=dict(vocab_size=256),
     vlm=dict(scenes=1500, qa_per_scene=8, eval_scenes=150, steps=300, batch_size=48, lr=3e-3, prefix_len=20,
              suffix_len=12),
-    vla=dict(steps=200, batch_size=16, lr=1e-3),
-    eval=dict(episodes_per_split=24, max_steps=28, replan=4),
+    vla=dict(steps=240, batch_size=16, lr=2e-3),
+    eval=dict(episodes_per_split=24, max_steps=20, replan=4),
 )
 
 

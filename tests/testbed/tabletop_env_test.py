@@ -1,0 +1,70 @@
+"""Simulator: the scripted expert succeeds, rendering and stepping are deterministic, success is scored right."""
+
+import numpy as np
+
+from apt_jax.envs import tabletop as T
+from apt_jax.testbed import language as L
+
+
+def test_expert_succeeds_on_95_percent():
+  seeds, pairs, _ = L.training_tasks(200, seed=0)
+  state = L.scenes(seeds, pairs)
+  for _ in range(30):
+    state = T.step(state, T.expert_action(state))
+  assert T.success(state).mean() >= 0.95
+
+
+def test_noisy_expert_demonstrations_succeed():
+  seeds, pairs, _ = L.training_tasks(100, seed=3)
+  _, _, _, ok, _ = T.rollout_expert(L.scenes(seeds, pairs), 24, rng=np.random.default_rng(0), noise=0.3, size=16)
+  assert ok.mean() >= 0.95
+
+
+def test_render_and_step_deterministic():
+  def run():
+    s = T.reset([7, 8, 9])
+    frames = [T.render(s)]
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+      s = T.step(s, rng.uniform(-1, 1, (3, 3)))
+      frames.append(T.render(s))
+    return np.stack(frames), T.observe_state(s)
+  (f1, s1), (f2, s2) = run(), run()
+  np.testing.assert_array_equal(f1, f2)
+  np.testing.assert_array_equal(s1, s2)
+  assert f1.shape == (6, 3, 64, 64, 3) and f1.dtype == np.uint8
+  assert not np.array_equal(T.render(T.reset([7])), T.render(T.reset([8])))
+
+
+def test_step_does_not_mutate_input():
+  s = T.reset([1])
+  before = s.copy()
+  T.step(s, np.ones((1, 3)))
+  np.testing.assert_array_equal(s.gripper, before.gripper)
+
+
+def _hand_state(obj_xy, gripper_xy, held, closed, target_obj=0, target_cont=1):
+  return T.State(gripper=np.array([gripper_xy], float), closed=np.array([closed]), held=np.array([held]),
+                 obj_pos=np.array([[obj_xy, (0.9, 0.9), (0.1, 0.9)]], float), obj_kind=np.array([[0, 3, 5]]),
+                 cont_pos=np.array([[(0.2, 0.2), (0.5, 0.5), (0.8, 0.2)]], float),
+                 target_obj=np.array([target_obj]), target_cont=np.array([target_cont]))
+
+
+def test_success_on_hand_built_states():
+  assert T.success(_hand_state((0.5, 0.5), (0.1, 0.1), -1, False))[0]               # resting in the target
+  assert not T.success(_hand_state((0.5, 0.5), (0.5, 0.5), 0, True))[0]             # still held
+  assert not T.success(_hand_state((0.2, 0.2), (0.1, 0.1), -1, False))[0]           # wrong container
+  assert not T.success(_hand_state((0.5, 0.5 + T.CONTAINER_RADIUS + 0.01), (0.1, 0.1), -1, False))[0]  # outside
+  assert not T.success(_hand_state((0.5, 0.5), (0.1, 0.1), -1, False, target_obj=1))[0]  # another object
+
+
+def test_grasp_carry_release():
+  s = _hand_state((0.3, 0.3), (0.3, 0.3), -1, False)
+  s = T.step(s, [[0, 0, 1]])                    # close on the object
+  assert s.held[0] == 0
+  for _ in range(3):                            # carry it towards the target container at (0.5, 0.5)
+    s = T.step(s, [[(0.5 - 0.3) / 3 / T.MAX_STEP, (0.5 - 0.3) / 3 / T.MAX_STEP, 1]])
+  np.testing.assert_allclose(s.obj_pos[0, 0], (0.5, 0.5), atol=1e-9)
+  assert not T.success(s)[0]
+  s = T.step(s, [[0, 0, -1]])                   # open
+  assert s.held[0] == -1 and T.success(s)[0]
