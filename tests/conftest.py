@@ -7,6 +7,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile many small graphs: XLA's cheap mode halves the suite's time on 2 cores (as flax's lm1b tests do).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Many tests compile identical graphs (e.g. three train.main runs in the resume test): share compilations through
+# JAX's persistent cache, in a directory private to this test session.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile  # noqa: E402
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="apt_jax_test_jit_cache_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import itertools  # noqa: E402
 import pathlib  # noqa: E402

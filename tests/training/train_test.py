@@ -45,12 +45,12 @@ def run_steps(config, mesh, batches):
   losses = []
   for b in batches:
     state, metrics = step(jax.random.key(1), state, train.to_global_batch(b, mesh))
-    losses.append(float(metrics["loss"]))
+    losses.append((float(metrics["loss"]), float(metrics["grad_norm"])))
   return state, losses, setup
 
 
 def test_sharded_step_on_2x4_mesh_equals_single_device():
-  config = debug_config("joint", **{"mesh.min_fsdp_mbytes": 0.0, "mesh.fsdp_devices": 4})
+  config = debug_config("stage1", **{"mesh.min_fsdp_mbytes": 0.0, "mesh.fsdp_devices": 4})
   batches = fake_batches(train.model_config_from(config), 2)
   mesh8 = _sharding.make_mesh(4)
   assert dict(mesh8.shape) == {"data": 2, "fsdp": 4}
@@ -58,9 +58,11 @@ def test_sharded_step_on_2x4_mesh_equals_single_device():
   specs = [s.spec for s in jax.tree.leaves(setup8.state_shardings.params)]
   assert any(_sharding.FSDP_AXIS in tuple(sp) for sp in specs)  # FSDP really shards something.
   s1, l1, _ = run_steps(config, _sharding.make_mesh(1, devices=jax.devices()[:1]), batches)
-  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)  # loss and global grad norm of every step
+  # Adam's first steps are ~lr·sign(g): ulp-level gradient differences of near-zero entries move params by up to
+  # ~lr (1e-4 here at most), so params are compared well below that and above float noise.
   for k, v in tree_lib.flatten(s1.params).items():
-    np.testing.assert_allclose(np.asarray(tree_lib.flatten(s8.params)[k]), np.asarray(v), atol=1e-5, err_msg=k)
+    np.testing.assert_allclose(np.asarray(tree_lib.flatten(s8.params)[k]), np.asarray(v), atol=5e-5, err_msg=k)
 
 
 def test_stage1_leaves_vlm_params_bit_identical_and_without_optimizer_state():
