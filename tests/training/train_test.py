@@ -209,3 +209,26 @@ def test_trained_checkpoint_serves_without_extra_settings(stage1_runs):
                  "observation/state": rng.normal(size=8).astype(np.float32),
                  "prompt": "put the bowl on the plate"})
   assert out["actions"].shape == (10, 7) and np.all(np.isfinite(out["actions"]))
+
+
+def test_weight_loaders_initialise_from_paligemma_npz_and_openpi_checkpoint(tmp_path):
+  """Init paths of train: a big_vision PaliGemma npz fills exactly the VLM; an openpi checkpoint fills everything."""
+  from apt_jax import weight_loaders
+
+  config = debug_config("joint")
+  model_config = train.model_config_from(config)
+  source = model_config.create(jax.random.key(7)).params
+  weight_loaders.save_paligemma_npz(tmp_path / "pg.npz", source["PaliGemma"] | {
+      "llm": tree_lib.unflatten({k: v for k, v in tree_lib.flatten(source["PaliGemma"]["llm"]).items()
+                                 if _model.is_vlm_param("PaliGemma/llm/" + k)})})
+  checkpoints.save_params(tmp_path / "openpi_params", source)
+  abstract = model_config.abstract_params()
+  want = tree_lib.flatten(source)
+  for kind, path, expected_keys in [
+      ("paligemma_npz", tmp_path / "pg.npz", {k for k in want if _model.is_vlm_param(k)}),
+      ("openpi", tmp_path / "openpi_params", set(want))]:
+    config.weight_loader = dict(kind=kind, path=str(path))
+    partial = tree_lib.flatten(train.load_initial_params(config, model_config, abstract))
+    assert set(partial) == expected_keys, kind
+    for k, v in partial.items():
+      np.testing.assert_array_equal(v, np.asarray(want[k]), err_msg=k)
