@@ -149,14 +149,15 @@ def evaluate(cfg, model_config, params, sets, seed) -> dict:
   state = T.State.concat([s[0] for s in sets.values()])
   tokens = np.concatenate([s[1] for s in sets.values()])
   masks = np.concatenate([s[2] for s in sets.values()])
-  ok = vla.rollout(policy, state, tokens, masks, steps=e["max_steps"], replan=e["replan"], seed=seed,
-                   chunk=len(tokens))
-  out, lo = {}, 0
+  ok, grasp = vla.rollout(policy, state, tokens, masks, steps=e["max_steps"], replan=e["replan"], seed=seed,
+                          chunk=len(tokens), return_grasp=True)
+  out, out_grasp, lo = {}, {}, 0
   for split, s in sets.items():
     n = s[0].batch_size
     out[split] = [int(x) for x in ok[lo:lo + n]]
+    out_grasp[split] = [int(x) for x in grasp[lo:lo + n]]
     lo += n
-  return out
+  return out, out_grasp
 
 
 # --- Main ---------------------------------------------------------------------------------------------------------
@@ -206,6 +207,7 @@ def run(cfg: dict, workdir, *, command: str = "") -> dict:
 
   # 4. Recipes x seeds, each evaluated closed-loop on every split.
   results = {r: {s: [] for s in L.SPLITS} for r in cfg["recipes"]}
+  grasps = {r: {s: [] for s in L.SPLITS} for r in cfg["recipes"]}
   per_seed = {r: {} for r in cfg["recipes"]}
   train_info = {r: [] for r in cfg["recipes"]}
   t = time.time()
@@ -216,13 +218,15 @@ def run(cfg: dict, workdir, *, command: str = "") -> dict:
       t1 = time.time()
       mc, params, info = run_recipe_seed(cfg, recipe, seed, arrays, str(npz), vocab, stage1_cache, log)
       t2 = time.time()
-      ok = evaluate(cfg, mc, params, sets, seed)
+      ok, grasp = evaluate(cfg, mc, params, sets, seed)
       for split, x in ok.items():
         results[recipe][split] += x
+        grasps[recipe][split] += grasp[split]
       per_seed[recipe][seed] = {s: float(np.mean(x)) for s, x in ok.items()}
       train_info[recipe].append(dict(seed=seed, train_s=round(t2 - t1, 1), eval_s=round(time.time() - t2, 1),
                                      losses=info["losses"]))
-      log(f"  {recipe} seed {seed}: " + " ".join(f"{s} {np.mean(x):.2f}" for s, x in ok.items())
+      log(f"  {recipe} seed {seed}: success " + " ".join(f"{s} {np.mean(x):.2f}" for s, x in ok.items())
+          + " | target grasped " + " ".join(f"{s} {np.mean(x):.2f}" for s, x in grasp.items())
           + f"  (train {t2 - t1:.0f}s, eval {time.time() - t2:.0f}s)")
   timings["recipes_s"] = time.time() - t
   timings["total_s"] = time.time() - t_start
@@ -230,7 +234,7 @@ def run(cfg: dict, workdir, *, command: str = "") -> dict:
   summary = dict(command=command, config=cfg, vlm_eval_accuracy=vlm.eval_accuracy,
                  expert_success=train_meta["expert_success"], timings={k: round(x, 1) for k, x in timings.items()},
                  per_seed=per_seed, train=train_info, labels={r: RECIPES[r]["label"] for r in cfg["recipes"]})
-  table = report.write(workdir, results, summary)
+  table = report.write(workdir, results, summary, grasps=grasps)
   log("\n" + table)
   log(f"timings: {summary['timings']}")
   return summary

@@ -65,10 +65,17 @@ def plot(tab: dict, path, labels: dict | None = None) -> None:
   plt.close(fig)
 
 
-def write(workdir, results: dict, summary: dict) -> str:
+def write(workdir, results: dict, summary: dict, grasps: dict | None = None) -> str:
+  """results (and optionally grasps: target object ever held): recipe -> split -> list of 0/1."""
   workdir = pathlib.Path(workdir)
   tab = table(results)
   md = markdown(tab, summary.get("labels"))
+  if grasps is not None:
+    gtab = table(grasps)
+    summary = dict(summary, grasp_table=gtab)
+    md += ("\n\nTarget object grasped at some point (the grounding half of the task), Wilson 95% CI:\n\n"
+           + markdown(gtab, summary.get("labels")))
+    plot(gtab, workdir / "results_grasp.png", summary.get("labels"))
   header = (f"Success rate per split (episodes pooled over seeds {list(summary['config']['seeds'])}), Wilson 95% CI."
             f"\nCommand: `{summary.get('command', '')}`\nVLM held-out exact-match: {summary['vlm_eval_accuracy']}\n\n")
   (workdir / "results.md").write_text(header + md + "\n")

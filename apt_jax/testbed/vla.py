@@ -161,15 +161,17 @@ def make_policy(model_config, params, *, flow_steps: int = 5):
 
 
 def rollout(policy, state: T.State, tokens, mask, *, steps: int = 32, replan: int = 4, seed: int = 0,
-            image_size: int = IMAGE_SIZE, chunk: int = 64) -> np.ndarray:
-  """Closed-loop batched rollout: sample an action chunk, execute `replan` actions, repeat. -> success [B]."""
+            image_size: int = IMAGE_SIZE, chunk: int = 64, return_grasp: bool = False):
+  """Closed-loop batched rollout: sample an action chunk, execute `replan` actions, repeat. -> success [B] (and,
+  with return_grasp, whether the target object was ever held [B]: the grounding half of the task)."""
   n = state.batch_size
-  out = np.zeros(n, bool)
+  out, grasp = np.zeros(n, bool), np.zeros(n, bool)
   for lo in range(0, n, chunk):
     idx = np.arange(lo, min(n, lo + chunk))
     s = state.index(idx)
     pad = chunk - len(idx)  # fixed batch shape: one compilation
     done = np.zeros(len(idx), bool)
+    held = np.zeros(len(idx), bool)
     for t in range(0, steps, replan):
       img = T.render(s, image_size)
       st, tk, mk = T.observe_state(s), tokens[idx], mask[idx]
@@ -177,8 +179,9 @@ def rollout(policy, state: T.State, tokens, mask, *, steps: int = 32, replan: in
       if pad:
         arrs = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in arrs]
       acts = np.asarray(policy(jax.random.key(seed * 100_003 + lo * 1009 + t), make_batch(*arrs)))[: len(idx)]
-      for j in range(replan):
+      for j in range(min(replan, steps - t)):
         s = T.step(s, acts[:, j])
         done |= T.success(s)
-    out[idx] = done
-  return out
+        held |= s.held == s.target_obj
+    out[idx], grasp[idx] = done, held
+  return (out, grasp) if return_grasp else out

@@ -103,6 +103,10 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   scene = np.array([i for i, _, _ in qa])
   params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1]), *[jnp.asarray(a[:1]) for a in arrays[:3]])
   params = params["params"]
+  # SigLIP's head is zero-initialised (big_vision): the image tokens start at 0 and a tiny model takes thousands of
+  # steps to start looking at the image. A LeCun-normal head starts vision and text on an equal footing.
+  head = params["img"]["head"]["kernel"]
+  params["img"]["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), head.shape) / np.sqrt(head.shape[0])
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps, lr / 20)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.98, weight_decay=1e-4))
   opt_state = tx.init(params)

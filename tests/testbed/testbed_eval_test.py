@@ -52,3 +52,14 @@ def test_wilson_and_report(tmp_path):
   assert "0.67" in md and (tmp_path / "results.png").stat().st_size > 1000
   tab = json.loads((tmp_path / "results.json").read_text())["table"]
   assert tab["b"]["seen"]["k"] == 3 and tab["a"]["paraphrase"]["rate"] == 0.0
+
+
+def test_rollout_reports_target_grasp():
+  s = T.reset([11, 12])
+  b = np.arange(2)
+  s.gripper = s.obj_pos[b, s.target_obj].copy()   # gripper on the target object, open
+  tok, mask = np.zeros((2, 16), np.int32), np.ones((2, 16), bool)
+  ok, grasp = vla.rollout(_policy([0, 0, 1]), s, tok, mask, steps=4, replan=4, return_grasp=True)
+  assert grasp.all() and not ok.any()
+  ok, grasp = vla.rollout(_policy([0, 0, -1]), s, tok, mask, steps=4, replan=4, return_grasp=True)
+  assert not grasp.any()
