@@ -117,6 +117,8 @@ class AptExpertConfig(_vlm.FeatureHeadConfig):
   objective: str = "ddim"
   expert_variant: Any = "base"
   vlm_taps: Any = None  # None: default_taps(VLM depth, N).
+  # How a Stage 2 model is initialised from Stage 1 (train.py `init_from`): "preserving" or "paper".
+  stage2_init: str = "preserving"
 
   flow_convention = "pi0"
 
@@ -134,6 +136,8 @@ class AptExpertConfig(_vlm.FeatureHeadConfig):
     if len(taps) != e.depth or not all(0 <= t <= self.vlm_config.depth for t in taps):
       raise ValueError(f"vlm_taps={taps}: need {e.depth} indices in [0, {self.vlm_config.depth}]")
     set_("vlm_taps", taps)
+    if self.stage2_init not in ("preserving", "paper"):
+      raise ValueError(f"stage2_init={self.stage2_init!r}; expected 'preserving' or 'paper'")
 
   @property
   def num_layers(self) -> int:
@@ -148,6 +152,13 @@ class AptExpertConfig(_vlm.FeatureHeadConfig):
 
   def is_new_stage2_layer(self, layer: int) -> bool:
     return self.apt_stage == "stage2" and layer % 2 == 0
+
+  def stage2_partial_params(self, stage1_params: dict, abstract_params: dict):
+    """train.py's Stage 1 -> Stage 2 hook: (partial params to merge over a fresh init, restored, new keys)."""
+    flat = tree_lib.flatten(abstract_params)
+    partial, restored, new = stage2_partial_from_stage1(stage1_params, flat, self.stage2_init)
+    partial = {k: np.asarray(v).astype(flat[k].dtype) for k, v in partial.items()}
+    return tree_lib.unflatten(partial), restored, new
 
   def module(self) -> "AptExpertModule":
     return AptExpertModule(self)
@@ -167,16 +178,27 @@ def sinusoidal_pos_emb(x, dim: int, temperature: float = 10000.0):
   return jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
 
 
+def torch_linear_bias_init(key, shape, dtype=jnp.float32, *, fan_in: int):
+  """torch.nn.Linear's bias init, U(±1/√fan_in)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class TokenMlp(nn.Module):
-  """MLP([in, W, W], LayerNorm): Linear -> LayerNorm -> GELU -> Linear."""
+  """BayesVLA/APT `simple_mlp([in, W, W], ln=True)`: Linear -> LayerNorm -> ReLU -> Linear.
+
+  The first bias starts as torch's U(±1/√in), not 0: with a zero bias the LayerNorm right after it would make the
+  token blind to the input's magnitude (|x_t| is what an ε-predictor needs at high noise).
+  """
 
   width: int
   dtype: str
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Dense(self.width, dtype=self.dtype)(x)
-    x = nn.gelu(nn.LayerNorm(dtype=self.dtype)(x))
+    bias_init = lambda k, s, d=jnp.float32: torch_linear_bias_init(k, s, d, fan_in=x.shape[-1])
+    x = nn.Dense(self.width, dtype=self.dtype, bias_init=bias_init)(x)
+    x = nn.relu(nn.LayerNorm(dtype=self.dtype)(x))
     return nn.Dense(self.width, dtype=self.dtype)(x)
 
 
@@ -295,9 +317,10 @@ class AptExpertModule(nn.Module):
     """-> prediction [B, AH, AD] (ε for DDIM, ε − a for flow)."""
     c = self.config
     e = c.expert_variant
+    context, state = _vlm.broadcast_batch((context, obs.state), x_t.shape[0])
     temb = sinusoidal_pos_emb(self._time_input(net_time), e.width, temperature=1000.0).astype(c.dtype)
     cond = self.time_mlp_out(nn.silu(self.time_mlp_in(temb)))
-    state = self.state_in(obs.state.astype(c.dtype))[:, None]
+    state = self.state_in(state.astype(c.dtype))[:, None]
     actions = self.action_in(x_t.astype(c.dtype))
     actions = actions + sinusoidal_pos_emb(jnp.arange(c.action_horizon), e.width)[None].astype(c.dtype)
     act = jnp.concatenate([state, actions], axis=1)
@@ -334,6 +357,32 @@ def stage1_to_stage2_name(key: str) -> str:
   return _LAYER.sub(lambda m: f"layer_{2 * int(m.group(1)) + 1}/", key)
 
 
+def stage2_partial_from_stage1(stage1_params, stage2_shapes: dict, init: str = "preserving"):
+  """The Stage 1 -> Stage 2 mapping. stage2_shapes: "/"-joined Stage 2 key -> shape (or anything with .shape).
+
+  -> (flat partial params: Stage 1 params under Stage 2 names, plus zeros for the new layers' `out`, `ffn_out` and
+  `fusion_open` when init="preserving"; restored keys; new keys). Fails naming every Stage 1 param that does not fit.
+  """
+  if init not in ("preserving", "paper"):
+    raise ValueError(f"init={init!r}; expected 'preserving' or 'paper'")
+  shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+  flat1 = tree_lib.flatten(stage1_params)
+  mapped = {stage1_to_stage2_name(k): v for k, v in flat1.items()}
+  problems = [f"{k1} -> {k2}: " + ("missing" if k2 not in stage2_shapes else
+                                   f"{np.shape(v)} vs {shape(stage2_shapes[k2])}")
+              for k1, (k2, v) in zip(flat1, mapped.items())
+              if k2 not in stage2_shapes or np.shape(v) != shape(stage2_shapes[k2])]
+  if problems:
+    raise ValueError("Stage 1 params do not fit the Stage 2 tree:\n  " + "\n  ".join(problems[:20]))
+  new = sorted(set(stage2_shapes) - set(mapped))
+  partial = dict(mapped)
+  if init == "preserving":
+    for k in new:
+      if _LAYER.match(k) and k.split("/", 1)[1] in _ZEROED_IN_PRESERVING:
+        partial[k] = np.zeros(shape(stage2_shapes[k]), np.float32)
+  return partial, sorted(mapped), new
+
+
 def stage2_params_from_stage1(stage1_params, stage2_init_params, init: str = "preserving"):
   """Merges Stage 1 params into a freshly initialised Stage 2 tree.
 
@@ -342,23 +391,11 @@ def stage2_params_from_stage1(stage1_params, stage2_init_params, init: str = "pr
   init="preserving": the new layers' `out`, `ffn_out` and `fusion_open` are zeroed so the model equals Stage 1.
   Returns (params, restored_keys, new_keys) with Stage 2 names.
   """
-  if init not in ("preserving", "paper"):
-    raise ValueError(f"init={init!r}; expected 'preserving' or 'paper'")
-  flat1, flat2 = tree_lib.flatten(stage1_params), tree_lib.flatten(stage2_init_params)
-  mapped = {stage1_to_stage2_name(k): v for k, v in flat1.items()}
-  problems = [f"{k1} -> {k2}: {'missing' if k2 not in flat2 else f'{np.shape(v)} vs {np.shape(flat2[k2])}'}"
-              for k1, (k2, v) in zip(flat1, mapped.items())
-              if k2 not in flat2 or np.shape(flat2[k2]) != np.shape(v)]
-  if problems:
-    raise ValueError("Stage 1 params do not fit the Stage 2 tree:\n  " + "\n  ".join(problems[:20]))
+  flat2 = tree_lib.flatten(stage2_init_params)
+  partial, restored, new = stage2_partial_from_stage1(stage1_params, flat2, init)
   out = dict(flat2)
-  out.update(mapped)
-  new = sorted(set(flat2) - set(mapped))
-  if init == "preserving":
-    for k in new:
-      if _LAYER.match(k) and k.split("/", 1)[1] in _ZEROED_IN_PRESERVING:
-        out[k] = jnp.zeros_like(out[k])
-  return tree_lib.unflatten(out), sorted(mapped), new
+  out.update({k: jnp.asarray(v, flat2[k].dtype) for k, v in partial.items()})
+  return tree_lib.unflatten(out), restored, new
 
 
 def param_count(config: AptExpertConfig) -> dict:

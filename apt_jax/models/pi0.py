@@ -92,6 +92,8 @@ class Pi0Config(_model.BaseModelConfig):
   num_steps: int | None = None
   # DDIM L1 loss weights ((num_dims, weight), ...); () = uniform mean.
   loss_weights: Any = ()
+  # DDIM loss: "l1" (the paper) or "l2".
+  ddim_loss: str = "l1"
   diffusion_steps: int = 100
 
   def __post_init__(self):
@@ -106,7 +108,7 @@ class Pi0Config(_model.BaseModelConfig):
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16' or 'float32'")
     set_("loss_weights", _objectives.normalize_loss_weights(self.loss_weights))
-    _objectives.validate(self.objective, self.loss_weights, self.action_dim)
+    _objectives.validate(self.objective, self.loss_weights, self.action_dim, self.ddim_loss)
     if self.vlm_trainable is None:
       set_("vlm_trainable", self.apt_stage == "none")
     if self.vlm_lr_multiplier is None:
@@ -135,7 +137,7 @@ class Pi0Config(_model.BaseModelConfig):
   def objective_fn(self):
     return _objectives.make(self.objective, flow_convention="pi0", action_dim=self.action_dim,
                             num_steps=self.num_steps, loss_weights=self.loss_weights,
-                            num_train_steps=self.diffusion_steps)
+                            num_train_steps=self.diffusion_steps, ddim_loss=self.ddim_loss)
 
   def module(self) -> "Pi0Module":
     return Pi0Module(self)

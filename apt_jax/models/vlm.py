@@ -100,6 +100,17 @@ class PaliGemma(nn.Module):
     return self.llm.final_norms[0](x)[0]
 
 
+def broadcast_batch(tree, n: int):
+  """Broadcasts arrays with a leading batch of 1 to batch n (one observation, n action samples)."""
+  def f(x):
+    if x.shape[0] == n:
+      return x
+    if x.shape[0] != 1:
+      raise ValueError(f"batch {x.shape[0]} cannot be broadcast to {n} (only a batch of 1 can)")
+    return jnp.broadcast_to(x, (n, *x.shape[1:]))
+  return jax.tree.map(f, tree)
+
+
 def _freeze(v):
   """Variant fields may arrive as dicts (ml_collections); store hashable Config objects."""
   return v.to_dict() if hasattr(v, "to_dict") else v
@@ -115,6 +126,7 @@ class FeatureHeadConfig(_model.BaseModelConfig):
   objective: "flow" (the head's flow-matching convention, `flow_convention`) or "ddim" (the paper's ε-prediction).
   num_steps: sampling steps; None -> the objective's default (flow: 10 π0 / 4 GR00T; DDIM: 20).
   loss_weights: DDIM L1 weights as ((num_dims, weight), ...) over the leading action dims; () = uniform mean.
+  ddim_loss: "l1" (the paper) or "l2" (unbiased for multimodal actions; see objectives.py).
   diffusion_steps: DDPM training steps T (100).
   """
 
@@ -134,6 +146,7 @@ class FeatureHeadConfig(_model.BaseModelConfig):
   objective: str = "flow"
   num_steps: int | None = None
   loss_weights: Any = ()
+  ddim_loss: str = "l1"
   diffusion_steps: int = 100
 
   flow_convention: ClassVar[str] = "pi0"
@@ -147,7 +160,7 @@ class FeatureHeadConfig(_model.BaseModelConfig):
       raise ValueError(f"apt_stage={self.apt_stage!r}; expected 'none', 'stage1' or 'stage2'")
     if self.dtype not in ("bfloat16", "float32"):
       raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16' or 'float32'")
-    _objectives.validate(self.objective, self.loss_weights, self.action_dim)
+    _objectives.validate(self.objective, self.loss_weights, self.action_dim, self.ddim_loss)
     if self.vlm_trainable is None:
       set_("vlm_trainable", self.apt_stage == "none")
     if self.vlm_lr_multiplier is None:
@@ -175,7 +188,7 @@ class FeatureHeadConfig(_model.BaseModelConfig):
   def objective_fn(self):
     return _objectives.make(self.objective, flow_convention=self.flow_convention, action_dim=self.action_dim,
                             num_steps=self.num_steps, loss_weights=self.loss_weights,
-                            num_train_steps=self.diffusion_steps)
+                            num_train_steps=self.diffusion_steps, ddim_loss=self.ddim_loss)
 
   def create(self, rng) -> "FeatureHeadModel":
     """Freshly initialised params (jitted init that touches every param, whatever the stage)."""
@@ -203,6 +216,9 @@ class FeatureHeadModel(_model.BaseModel):
   The config provides `objective_fn()` (objectives.FlowMatching or Ddim); the module provides
   `predict(obs, x_t, net_time)` (one pass, used for the loss so that gradients reach every trainable param),
   `encode(obs) -> context` (VLM + adapters, run once per sample) and `denoise(obs, context, x_t, net_time)`.
+
+  An observation batch of 1 may go with N actions (compute_loss) or N noise samples (sample_actions): the VLM runs
+  once and its features are broadcast (several action samples per observation, e.g. for ensembling).
   """
 
   def compute_loss(self, rng, observation, actions, *, train=False, noise=None, time=None):
@@ -220,6 +236,8 @@ class FeatureHeadModel(_model.BaseModel):
     c = self.config
     if noise is None:
       noise = jax.random.normal(rng, (observation.state.shape[0], c.action_horizon, c.action_dim))
+    elif noise.shape[0] != observation.state.shape[0] and observation.state.shape[0] != 1:
+      raise ValueError(f"noise batch {noise.shape[0]} != observation batch {observation.state.shape[0]}")
     context = self._apply("encode", observation)
 
     def denoise(x_t, net_time):
