@@ -60,11 +60,15 @@ class State:
 
 
 def _sample_positions(rng, n, min_dist, lo=0.12, hi=0.88):
+  """n points in [lo, hi]^2, pairwise >= min_dist apart (sequential rejection sampling, deterministic given rng)."""
   for _ in range(1000):
-    p = rng.uniform(lo, hi, size=(n, 2))
-    d = np.linalg.norm(p[:, None] - p[None], axis=-1) + np.eye(n) * 10
-    if d.min() >= min_dist:
-      return p
+    pts = []
+    for _ in range(200 * n):
+      p = rng.uniform(lo, hi, size=2)
+      if all(np.linalg.norm(p - q) >= min_dist for q in pts):
+        pts.append(p)
+        if len(pts) == n:
+          return np.stack(pts)
   raise RuntimeError("could not place entities")
 
 
@@ -77,7 +81,7 @@ def reset_one(seed: int, kinds=None, target=None) -> State:
     if target is not None and target[0] not in kinds:
       kinds[rng.integers(NUM_OBJECTS)] = target[0]
   kinds = np.asarray(kinds)
-  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, 0.22, 0.1, 0.9)
+  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, 0.2, 0.1, 0.9)
   if target is None:
     t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
   else:
