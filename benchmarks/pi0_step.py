@@ -55,15 +55,16 @@ def bench(size, stage, batch, reps):
   acts = config.fake_act(batch)
   trainable, frozen = _optimizer.partition(model.params, config.freeze_filter)
 
-  def loss_and_grad(trainable):
+  # Inputs are arguments, not closed-over constants (XLA would constant-fold them).
+  def loss_and_grad(trainable, frozen, obs, acts):
     def loss_fn(p):
       m = model.replace(params=_optimizer.combine(p, frozen))
       return jnp.mean(m.compute_loss(jax.random.key(1), obs, acts))
     return jax.value_and_grad(loss_fn)(trainable)
 
-  grad_compile, grad_s = _timed(loss_and_grad, trainable, reps=reps)
-  sample_compile, sample_s = _timed(lambda m: m.sample_actions(jax.random.key(2), obs, num_steps=10), model,
-                                    reps=reps)
+  grad_compile, grad_s = _timed(loss_and_grad, trainable, frozen, obs, acts, reps=reps)
+  sample_compile, sample_s = _timed(lambda m, obs: m.sample_actions(jax.random.key(2), obs, num_steps=10), model,
+                                    obs, reps=reps)
   return {"size": size, "apt_stage": stage, "batch": batch, "grad_step_s": round(grad_s, 4),
           "grad_compile_s": round(grad_compile, 2), "sample_actions_s": round(sample_s, 4),
           "sample_compile_s": round(sample_compile, 2)}
