@@ -119,9 +119,10 @@ class BaseModelConfig(abc.ABC):
 
   def inputs_spec(self, *, batch_size: int = 1) -> tuple[Observation, Actions]:
     s = jax.ShapeDtypeStruct
+    keys, resolution = getattr(self, "image_keys", IMAGE_KEYS), getattr(self, "image_resolution", IMAGE_RESOLUTION)
     obs = Observation(
-        images={k: s((batch_size, *IMAGE_RESOLUTION, 3), jnp.float32) for k in IMAGE_KEYS},
-        image_masks={k: s((batch_size,), jnp.bool_) for k in IMAGE_KEYS},
+        images={k: s((batch_size, *resolution, 3), jnp.float32) for k in keys},
+        image_masks={k: s((batch_size,), jnp.bool_) for k in keys},
         state=s((batch_size, self.action_dim), jnp.float32),
         tokenized_prompt=s((batch_size, self.max_token_len), jnp.int32),
         tokenized_prompt_mask=s((batch_size, self.max_token_len), jnp.bool_),

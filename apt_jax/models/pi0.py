@@ -95,9 +95,18 @@ class Pi0Config(_model.BaseModelConfig):
   # DDIM loss: "l1" (the paper) or "l2".
   ddim_loss: str = "l1"
   diffusion_steps: int = 100
+  # Cameras the model reads, in prefix order, and the resolution images are resized (with padding) to. openpi's
+  # defaults; the CPU testbed uses one camera at its native 64x64.
+  image_keys: tuple[str, ...] = _model.IMAGE_KEYS
+  image_resolution: tuple[int, int] = _model.IMAGE_RESOLUTION
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
+    set_("image_keys", tuple(self.image_keys))
+    set_("image_resolution", tuple(int(x) for x in self.image_resolution))
+    if not self.image_keys or len(self.image_resolution) != 2:
+      raise ValueError(f"image_keys={self.image_keys!r} must be non-empty and image_resolution="
+                       f"{self.image_resolution!r} a (height, width) pair")
     set_("paligemma_variant", _gemma.get_config(_freeze(self.paligemma_variant)))
     set_("action_expert_variant", _gemma.get_config(_freeze(self.action_expert_variant)))
     set_("siglip_variant", _siglip.get_config(_freeze(self.siglip_variant)))
@@ -115,6 +124,10 @@ class Pi0Config(_model.BaseModelConfig):
       set_("vlm_lr_multiplier", 1.0 if self.apt_stage == "none" else 0.1)
     if self.apt_stage == "stage1" and self.vlm_trainable:
       raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: vlm_trainable must be False")
+
+  def preprocess(self, rng, observation, *, train: bool = False):
+    return _model.preprocess_observation(rng, observation, train=train, image_keys=self.image_keys,
+                                         image_resolution=self.image_resolution)
 
   @property
   def vlm_config(self) -> _gemma.Config:
@@ -309,7 +322,7 @@ class Pi0Module(nn.Module):
   def compute_loss(self, rng, observation, actions, *, train=False, noise=None, time=None):
     """Flow-matching loss [B, AH]. t=1 is noise, t=0 data (openpi); noise/time may be given for parity tests."""
     preprocess_rng, noise_rng, time_rng = jax.random.split(rng, 3)
-    observation = _model.preprocess_observation(preprocess_rng, observation, train=train)
+    observation = self.config.preprocess(preprocess_rng, observation, train=train)
     batch_shape = actions.shape[:-2]
     if noise is None:
       noise = jax.random.normal(noise_rng, actions.shape)
@@ -329,7 +342,7 @@ class Pi0Module(nn.Module):
 
   def sample_actions(self, rng, observation, *, num_steps: int = 10, noise=None):
     """Euler integration of the flow from t=1 (noise) to t=0 with dt = -1/num_steps. -> [B, AH, AD]."""
-    observation = _model.preprocess_observation(None, observation, train=False)
+    observation = self.config.preprocess(None, observation, train=False)
     dt = -1.0 / num_steps
     batch_size = observation.state.shape[0]
     if noise is None:
@@ -362,7 +375,7 @@ class Pi0Module(nn.Module):
   def compute_loss_objective(self, rng, observation, actions, *, train=False, noise=None, time=None):
     """Loss [B, AH] of `config.objective_fn()`; `time` is that objective's (DDIM: the integer step k)."""
     preprocess_rng, rng = jax.random.split(rng)
-    observation = _model.preprocess_observation(preprocess_rng, observation, train=train)
+    observation = self.config.preprocess(preprocess_rng, observation, train=train)
     objective = self.config.objective_fn()
     x_t, net_time, target = objective.training_inputs(rng, actions, noise=noise, time=time)
     prefix = self.embed_prefix(observation, with_language=self.config.uses_language)
@@ -406,7 +419,7 @@ class Pi0(_model.BaseModel):
     num_steps = num_steps or self.config.num_steps
     if self.config.objective == "flow":
       return self._apply(Pi0Module.sample_actions, rng, observation, num_steps=num_steps or 10, noise=noise)
-    observation = _model.preprocess_observation(None, observation, train=False)
+    observation = self.config.preprocess(None, observation, train=False)
     if noise is None:
       noise = jax.random.normal(rng, (observation.state.shape[0], self.config.action_horizon, self.config.action_dim))
     prefix_arrays, kv_cache = self._apply(Pi0Module.encode, observation)

@@ -42,16 +42,16 @@ RECIPES = {
     "ki_2stage": dict(two_stage=True, vlm_trainable=True, knowledge_insulation=True, label="KI + APT S1→S2"),
 }
 
-SIZE = dict(vlm_width=64, expert_width=32, depth=2, head_dim=16, siglip_width=32, siglip_depth=1, action_horizon=8,
-            max_token_len=16, flow_steps=5)
+SIZE = dict(vlm_width=64, expert_width=32, depth=2, head_dim=16, siglip_width=32, siglip_depth=1, patch_size=8,
+            action_horizon=8, max_token_len=16, flow_steps=5)
 
 DEMO = dict(
     size=SIZE, seeds=(0, 1, 2), recipes=tuple(RECIPES),
     data=dict(episodes=300, episode_len=14, expert_noise=0.3),
     tokenizer=dict(vocab_size=256),
-    vlm=dict(scenes=1500, qa_per_scene=8, eval_scenes=150, steps=300, batch_size=48, lr=3e-3, prefix_len=20,
+    vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=1500, batch_size=48, lr=1e-3, prefix_len=20,
              suffix_len=12),
-    vla=dict(steps=240, batch_size=16, lr=2e-3),
+    vla=dict(steps=1200, batch_size=16, lr=2e-3),
     eval=dict(episodes_per_split=24, max_steps=20, replan=4),
 )
 

@@ -39,7 +39,9 @@ def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_
       action_expert_variant=dict(width=size["expert_width"], depth=size["depth"], mlp_dim=2 * size["expert_width"],
                                  num_heads=heads, num_kv_heads=1, head_dim=head_dim),
       siglip_variant=dict(width=size["siglip_width"], depth=size["siglip_depth"], mlp_dim=2 * size["siglip_width"],
-                          num_heads=2, patch_size=(56, 56)))
+                          num_heads=2, patch_size=(size["patch_size"],) * 2),
+      # One camera at the renderer's resolution: no resize to 224, no blank wrist cameras through SigLIP.
+      image_keys=("base_0_rgb",), image_resolution=(IMAGE_SIZE, IMAGE_SIZE))
 
 
 def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed: int, npz_path: str = "",
@@ -85,12 +87,9 @@ class ArrayData:
 
 
 def make_batch(image, state, tokens, mask, actions=None) -> dict:
-  """openpi's dict layout: the base camera is the rendered scene; the two wrist cameras are absent (mask False)."""
+  """openpi's dict layout with the one camera the testbed model reads (`image_keys`): the rendered scene."""
   b = len(state)
-  zeros = np.zeros_like(image)
-  batch = {"image": {"base_0_rgb": image, "left_wrist_0_rgb": zeros, "right_wrist_0_rgb": zeros},
-           "image_mask": {"base_0_rgb": np.ones(b, bool), "left_wrist_0_rgb": np.zeros(b, bool),
-                          "right_wrist_0_rgb": np.zeros(b, bool)},
+  batch = {"image": {"base_0_rgb": image}, "image_mask": {"base_0_rgb": np.ones(b, bool)},
            "state": state.astype(np.float32), "tokenized_prompt": tokens.astype(np.int32),
            "tokenized_prompt_mask": mask.astype(bool)}
   if actions is not None:

@@ -36,7 +36,7 @@ class PaliGemmaLM(nn.Module):
                              remat_policy="none")
 
   def __call__(self, images, tokens, input_mask, ar):
-    """images float [B, 224, 224, 3] in [-1, 1]; tokens [B, L]; input_mask [B, L]; ar [B, L] -> logits [B, L, V]."""
+    """images float [B, H, W, 3] in [-1, 1] (the config's image_resolution); tokens [B, L]; input_mask [B, L]; ar [B, L] -> logits [B, L, V]."""
     img = self.img(images)
     n = img.shape[1]
     x = jnp.concatenate([img, self.llm.embed(tokens)], axis=1)
@@ -70,13 +70,14 @@ def encode_qa(tokenizer, qa, prefix_len: int, suffix_len: int):
   return tokens, mask, ar, loss
 
 
-def _prep(images):
+def _prep(images, resolution=(224, 224)):
+  """uint8 [B, H, W, 3] -> float [-1, 1] at the model's resolution (as π0's preprocessing)."""
   x = jnp.asarray(images).astype(jnp.float32) / 255.0 * 2.0 - 1.0
-  return image_tools.resize_with_pad(x, 224, 224)
+  return x if x.shape[1:3] == tuple(resolution) else image_tools.resize_with_pad(x, *resolution)
 
 
 def _loss_and_acc(module, params, images, tokens, mask, ar, loss_mask):
-  logits = module.apply({"params": params}, _prep(images), tokens, mask, ar)
+  logits = module.apply({"params": params}, _prep(images, module.config.image_resolution), tokens, mask, ar)
   # Logit at position i predicts token i + 1.
   logits, targets, w = logits[:, :-1], tokens[:, 1:], loss_mask[:, 1:]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
@@ -101,7 +102,7 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   images, qa, _ = train_data
   arrays = encode_qa(tokenizer, qa, prefix_len, suffix_len)
   scene = np.array([i for i, _, _ in qa])
-  params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1]), *[jnp.asarray(a[:1]) for a in arrays[:3]])
+  params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1], model_config.image_resolution), *[jnp.asarray(a[:1]) for a in arrays[:3]])
   params = params["params"]
   # SigLIP's head is zero-initialised (big_vision): the image tokens start at 0 and a tiny model takes thousands of
   # steps to start looking at the image. A LeCun-normal head starts vision and text on an equal footing.

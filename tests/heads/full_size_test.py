@@ -78,6 +78,6 @@ def test_stage2_expansion_at_full_size_without_allocation():
   """The 2i+1 remapping type-checks on abstract trees (ShapeDtypeStructs) of the full-size model."""
   s1 = apt_expert.AptExpertConfig(apt_stage="stage1").abstract_params()
   s2 = apt_expert.AptExpertConfig(apt_stage="stage2").abstract_params()
-  _, restored, new = apt_expert.stage2_params_from_stage1(s1, s2, init="paper")
+  _, restored, new = apt_expert.stage2_partial_from_stage1(s1, tree_lib.flatten(s2), init="paper")
   assert len([k for k in new if k.endswith("/qkv/kernel")]) == 10
   assert "layer_19/qkv/kernel" in restored and "layer_18/qkv/kernel" in new

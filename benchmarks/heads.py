@@ -1,0 +1,97 @@
+"""Step time (loss + grad w.r.t. trainable params) and sample_actions time of every action head, side by side, at the
+debug size (experiments/debug*.py) and a medium CPU size, for APT Stage 1 and Stage 2. Prints JSON.
+
+  python benchmarks/heads.py [--sizes debug,medium] [--stages stage1,stage2] [--batch 4] [--reps 3]
+
+Each head uses its own default objective and sampler (π0: flow, 10 Euler steps; GR00T: flow, 4 steps; APT expert:
+DDIM, 20 steps), as configured in its experiments file. Compile time is reported apart from the steady-state time
+(median of reps).
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from apt_jax import optimizer as _optimizer  # noqa: E402
+from apt_jax.models import registry  # noqa: E402
+
+_VLM = {
+    "debug": dict(paligemma_variant=dict(width=64, depth=2, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
+                  siglip_variant=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(56, 56)),
+                  vocab_size=256, action_dim=8, max_token_len=32),
+    "medium": dict(paligemma_variant=dict(width=512, depth=6, mlp_dim=2048, num_heads=8, num_kv_heads=1,
+                                          head_dim=64),
+                   siglip_variant=dict(width=192, depth=6, mlp_dim=768, num_heads=4), vocab_size=4096,
+                   action_dim=32, max_token_len=48),
+}
+_HEAD = {
+    ("pi0", "debug"): dict(action_expert_variant=dict(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1,
+                                                      head_dim=32), action_horizon=10),
+    ("pi0", "medium"): dict(action_expert_variant=dict(width=256, depth=6, mlp_dim=1024, num_heads=8,
+                                                       num_kv_heads=1, head_dim=64), action_horizon=50),
+    ("gr00t", "debug"): dict(dit_variant="dummy", action_horizon=10),
+    ("gr00t", "medium"): dict(dit_variant=dict(num_heads=8, head_dim=32, depth=8, output_dim=256, state_hidden=256,
+                                               num_future_tokens=16, adapter_depth=2, adapter_num_heads=8),
+                              action_horizon=16),
+    ("apt_expert", "debug"): dict(expert_variant="dummy", action_horizon=10),
+    ("apt_expert", "medium"): dict(expert_variant=dict(width=256, num_heads=4, depth=12), action_horizon=32),
+}
+
+
+def _timed(fn, *args, reps):
+  t = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  jax.block_until_ready(compiled(*args))  # warm-up
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t)
+  return compile_s, float(np.median(times))
+
+
+def bench(head, size, stage, batch, reps):
+  config = registry.create_config(head, apt_stage=stage, dtype="float32", remat_policy="none", **_VLM[size],
+                                  **_HEAD[(head, size)])
+  model = config.create(jax.random.key(0))
+  obs, acts = config.fake_obs(batch), config.fake_act(batch)
+  trainable, frozen = _optimizer.partition(model.params, config.freeze_filter)
+
+  def loss_and_grad(trainable, frozen, obs, acts):
+    def loss_fn(p):
+      m = model.replace(params=_optimizer.combine(p, frozen))
+      return jnp.mean(m.compute_loss(jax.random.key(1), obs, acts, train=True))
+    return jax.value_and_grad(loss_fn)(trainable)
+
+  grad_compile, grad_s = _timed(loss_and_grad, trainable, frozen, obs, acts, reps=reps)
+  sample_compile, sample_s = _timed(lambda m, obs: m.sample_actions(jax.random.key(2), obs), model, obs, reps=reps)
+  count = lambda t: int(sum(np.prod(x.shape) for x in jax.tree.leaves(t)))
+  return {"head": head, "size": size, "apt_stage": stage, "batch": batch, "objective": config.objective,
+          "trainable_params": count(trainable), "frozen_params": count(frozen),
+          "grad_step_s": round(grad_s, 4), "grad_compile_s": round(grad_compile, 2),
+          "sample_actions_s": round(sample_s, 4), "sample_compile_s": round(sample_compile, 2)}
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--heads", default="pi0,gr00t,apt_expert")
+  p.add_argument("--sizes", default="debug,medium")
+  p.add_argument("--stages", default="stage1,stage2")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--reps", type=int, default=3)
+  args = p.parse_args()
+  rows = [bench(h, size, stage, args.batch, args.reps)
+          for size in args.sizes.split(",") for stage in args.stages.split(",") for h in args.heads.split(",")]
+  print(json.dumps({"device": str(jax.devices()[0].platform), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,52 @@
+r"""The APT paper's own expert (layer-wise gated fusion) for LIBERO at full size, on PaliGemma 3B.
+
+  # Stage 1 (VA prior: 10 layers, dilated masks, odd VLM taps; VLM frozen), VLM from PaliGemma 3B:
+  python -m apt_jax.train --config experiments/apt_expert_libero.py:stage1 --workdir $W/s1 \
+      --config.weight_loader.path=$CKPT/paligemma-3b-pt-224.npz
+  # Stage 2 (20 layers: Stage 1 layer i -> 2i+1, new language layers at the even places):
+  python -m apt_jax.train --config experiments/apt_expert_libero.py:stage2 --workdir $W/s2 --config.init_from=$W/s1
+  #   add --config.model.kwargs.stage2_init=paper for random new layers (the paper's fusion at once)
+
+Model: base expert (width 768, 12 heads, N = 20 layers, 10 in Stage 1; 102M / 201M head params), Ta = 32,
+DDIM (T = 100, squaredcos_cap_v2, ε-prediction, 20 sampling steps), L1 weights 30 / 10 / 10 on LIBERO's
+translation (3) / rotation (3, axis-angle instead of the paper's rot6d) / gripper (1) dims; padding dims unweighted.
+VLM taps (indices into [embeddings, gemma_2b layers 1..18]): round((j+1)·18/20), j = 0..19 =
+(1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14, 15, 16, 17, 18); Stage 1 fuses the odd j. The paper taps
+Qwen3-VL layers 0..19 of 28 (appendix) or every 3rd layer (released code); 20 taps over 18 layers repeat two.
+Left out: PRoPE camera-pose encoding (no extrinsics in the LIBERO RLDS data), end-effector position encodings.
+Hardware: 8×H100 or TPU v5p-64 (`--config.mesh.fsdp_devices=8`); check memory first with
+  python -m apt_jax.tools.aot_check --config experiments/apt_expert_libero.py:stage1
+Recipe (paper §2): AdamW 1e-4, wd 1e-2 (none on biases, norms, embeddings), clip 1.0, constant after a 10k-step
+warmup, batch 256, 100k steps per stage, EMA off. Expected (paper Table 1, LIBERO-PRO, Qwen3-VL backbone): APT 19%,
+with VLM fine-tuning (`--config.model.kwargs.vlm_trainable=True`) 27%.
+"""
+
+from experiments import common
+
+
+def get_config(arg=None):
+  stage = common.parse_stage(arg)
+  c = common.base_config()
+  c.name = f"apt_expert_libero_{arg or 'stage1'}"
+  c.model.head = "apt_expert"
+  c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
+                             siglip_variant="So400m/14", expert_variant="base", action_dim=32, action_horizon=32,
+                             max_token_len=48, objective="ddim", loss_weights=((3, 30.0), (3, 10.0), (1, 10.0)),
+                             stage2_init="preserving"))
+  c.data = common.libero_data("/data/modified_libero_rlds")
+  c.tokenizer_path = "/data/paligemma_tokenizer.model"
+  c.asset_id = "libero"
+  # PaliGemma 3B pt-224 (big_vision npz) for the VLM; the head starts from scratch. (An openpi π0 checkpoint
+  # holds π0's action expert too, which this head lacks.)
+  c.weight_loader = dict(kind="paligemma_npz", path="/checkpoints/paligemma-3b-pt-224.npz") if stage != "stage2" \
+      else dict(kind="none", path="")
+  c.batch_size = 256
+  c.num_train_steps = 100_000
+  c.log_every_steps = 100
+  c.ckpt_every_steps = 5000
+  c.keep_period = 20_000
+  c.schedule = dict(kind="warmup_constant", peak_lr=1e-4, warmup_steps=10_000)
+  c.optimizer.update(dict(weight_decay=1e-2, decay_all=False))
+  c.ema_decay = None
+  c.mesh.fsdp_devices = 8
+  return c
