@@ -9,8 +9,8 @@ r"""Debug recipe for the GR00T-style head: a tiny DiT on a tiny PaliGemma, on th
 
 Everything but the model block comes from experiments/debug.py (data, optimizer, 300 steps, batch 8).
 Hardware: any CPU (2 cores: about a minute per 300 steps after ~30 s of compilation).
-Expected: the loss falls within the first hundred steps on every recipe; Stage 2 starts where Stage 1 ended (the
-language blocks' tanh gates start at 0).
+Expected: the flow loss falls slowly from ~2.4 (E|a - ε|² of normalised actions) to ~1.9 by step 300 in Stage 1
+(measured); Stage 2 starts where Stage 1 ended (the language blocks' tanh gates start at 0).
 """
 
 import ml_collections

@@ -8,7 +8,7 @@ import pytest
 
 from apt_jax import train
 
-STEPS = 60
+STEPS = 300
 
 
 def debug_config(module: str, arg: str, **overrides):
@@ -38,7 +38,7 @@ def test_debug_config_trains_stage1_then_stage2(module, tmp_path):
   train.main(debug_config(module, "stage1"), s1)
   l1 = losses(s1)
   assert len(l1) == STEPS and np.isfinite(l1).all()
-  assert l1[-10:].mean() < 0.85 * l1[:5].mean(), l1
+  assert l1[-30:].mean() < 0.85 * l1[:5].mean(), l1
   s2 = tmp_path / "s2"
   train.main(debug_config(module, "stage2", init_from=str(s1), num_train_steps=1, ckpt_every_steps=1), s2)
   l2 = losses(s2)

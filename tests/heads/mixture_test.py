@@ -24,14 +24,14 @@ from apt_jax import tree as tree_lib
 from heads_common import config, make_obs
 from objectives_test import mixture_moments, moments_error, sample_mixture
 
-# name: (head, config overrides, batch, sampling steps, max |mean error|, max relative covariance error)
+# name: (head, config overrides, batch, training steps, sampling steps, max |mean error|, max rel. covariance error)
 CASES = {
-    "gr00t_flow": ("gr00t", dict(objective="flow"), 256, 16, 0.1, 0.15),
-    "apt_expert_flow": ("apt_expert", dict(objective="flow"), 128, None, 0.1, 0.2),
-    "gr00t_ddim": ("gr00t", dict(objective="ddim", ddim_loss="l2"), 256, None, 0.15, 0.2),
-    "apt_expert_ddim": ("apt_expert", dict(objective="ddim", ddim_loss="l2"), 128, None, 0.1, 0.15),
+    "gr00t_flow": ("gr00t", dict(objective="flow"), 256, 800, 16, 0.1, 0.15),
+    "apt_expert_flow": ("apt_expert", dict(objective="flow"), 128, 800, None, 0.1, 0.2),
+    # GR00T's DiT fits the ε-target more slowly than the flow target: 800 steps left a 0.16 mean error.
+    "gr00t_ddim": ("gr00t", dict(objective="ddim", ddim_loss="l2"), 256, 1600, None, 0.15, 0.2),
+    "apt_expert_ddim": ("apt_expert", dict(objective="ddim", ddim_loss="l2"), 128, 800, None, 0.1, 0.15),
 }
-TRAIN_STEPS = 800
 OUTLIER_RADIUS = 6.0
 
 
@@ -70,8 +70,8 @@ def train_on_mixture(head, overrides, num_train_steps, batch, seed=0):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_trained_head_samples_match_the_mixture(case):
-  head, overrides, batch, sample_steps, mean_tol, cov_tol = CASES[case]
-  model, obs, losses = train_on_mixture(head, overrides, TRAIN_STEPS, batch)
+  head, overrides, batch, train_steps, sample_steps, mean_tol, cov_tol = CASES[case]
+  model, obs, losses = train_on_mixture(head, overrides, train_steps, batch)
   assert losses[-100:].mean() < 0.8 * losses[:20].mean(), (losses[:20].mean(), losses[-100:].mean())
   noise = jax.random.normal(jax.random.key(123), (4096, 1, 2))
   samples = jax.jit(lambda m, o, n: m.sample_actions(None, o, num_steps=sample_steps, noise=n))(model, obs, noise)
