@@ -4,11 +4,11 @@ r"""Laptop-scale APT testbed, the short version that `make demo` runs (issue #7)
   python -m apt_jax.demo --config tiny --workdir /tmp/tb_tiny   # smoke size, ~2 min
 
 Hardware: 2 CPU cores. Budget: <= 15 min in all (corpus + tokenizer, VLM pretraining, 5 recipes x 3 seeds, closed-loop
-evaluation on 4 splits). Measured (2 shared cores, 2026-11-24): 13.5 min wall (VLM 115 s, recipes + eval 684 s),
-peak RSS 1.9 GB. Expected result at this budget: the noisy scripted expert succeeds on 99% of the demonstrations, but
-the VLM stays at chance on grounding questions (held-out exact match: locations ~0.1-0.16 of 9 cells, yes/no 0.69 =
-the majority answer) and NO recipe completes a single episode (0/72 on every split, Wilson upper bound 0.05); target
-grasp rates are 1-7% for every recipe, with overlapping intervals. The demo checks the pipeline, not the claim.
+evaluation on 4 splits). Measured (2 cores, 2026-11-24): 10.0 min wall (VLM 1500 steps 219 s, recipes + eval 377 s).
+Result at this budget: the noisy scripted expert succeeds on 99% of the demonstrations, but the VLM stays at chance on
+grounding questions (held-out exact match: locations 0.11-0.14 on 9 cells, yes/no 0.60 ~ the majority answer) and NO
+recipe completes a single episode (0/72 on every split, Wilson upper bound 0.05); target grasp rates are 1-7% for
+every recipe, with overlapping intervals. The demo checks the pipeline, not the claim (README, Results).
 """
 
 import copy
