@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from apt_jax import optimizer as _optimizer  # noqa: E402
 from apt_jax.models import registry  # noqa: E402
+from pi0_step import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 _VLM = {
     "debug": dict(paligemma_variant=dict(width=64, depth=2, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
@@ -45,19 +46,6 @@ _HEAD = {
 }
 
 
-def _timed(fn, *args, reps):
-  t = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t
-  jax.block_until_ready(compiled(*args))  # warm-up
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
-  return compile_s, float(np.median(times))
-
-
 def bench(head, size, stage, batch, reps):
   config = registry.create_config(head, apt_stage=stage, dtype="float32", remat_policy="none", **_VLM[size],
                                   **_HEAD[(head, size)])
@@ -71,8 +59,8 @@ def bench(head, size, stage, batch, reps):
       return jnp.mean(m.compute_loss(jax.random.key(1), obs, acts, train=True))
     return jax.value_and_grad(loss_fn)(trainable)
 
-  grad_compile, grad_s = _timed(loss_and_grad, trainable, frozen, obs, acts, reps=reps)
-  sample_compile, sample_s = _timed(lambda m, obs: m.sample_actions(jax.random.key(2), obs), model, obs, reps=reps)
+  grad_compile, grad_s = timed(loss_and_grad, trainable, frozen, obs, acts, reps=reps)
+  sample_compile, sample_s = timed(lambda m, obs: m.sample_actions(jax.random.key(2), obs), model, obs, reps=reps)
   count = lambda t: int(sum(np.prod(x.shape) for x in jax.tree.leaves(t)))
   return {"head": head, "size": size, "apt_stage": stage, "batch": batch, "objective": config.objective,
           "trainable_params": count(trainable), "frozen_params": count(frozen),

@@ -35,7 +35,8 @@ SIZES = {
 }
 
 
-def _timed(fn, *args, reps):
+def timed(fn, *args, reps):
+  """-> (compile seconds, median steady-state seconds over reps) of jit(fn)(*args). Also used by heads.py."""
   t = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t
@@ -62,8 +63,8 @@ def bench(size, stage, batch, reps):
       return jnp.mean(m.compute_loss(jax.random.key(1), obs, acts))
     return jax.value_and_grad(loss_fn)(trainable)
 
-  grad_compile, grad_s = _timed(loss_and_grad, trainable, frozen, obs, acts, reps=reps)
-  sample_compile, sample_s = _timed(lambda m, obs: m.sample_actions(jax.random.key(2), obs, num_steps=10), model,
+  grad_compile, grad_s = timed(loss_and_grad, trainable, frozen, obs, acts, reps=reps)
+  sample_compile, sample_s = timed(lambda m, obs: m.sample_actions(jax.random.key(2), obs, num_steps=10), model,
                                     obs, reps=reps)
   return {"size": size, "apt_stage": stage, "batch": batch, "grad_step_s": round(grad_s, 4),
           "grad_compile_s": round(grad_compile, 2), "sample_actions_s": round(sample_s, 4),

@@ -49,6 +49,24 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The APT paper's LIBERO recipe (§2), in place: LIBERO data, batch 256, 100k steps per stage, AdamW 1e-4 constant
+  after a 10k warmup, wd 1e-2 sparing biases/norms/embeddings, clip 1.0, no EMA, FSDP over 8 devices."""
+  c.data = libero_data("/data/modified_libero_rlds")
+  c.tokenizer_path = "/data/paligemma_tokenizer.model"
+  c.asset_id = "libero"
+  c.batch_size = 256
+  c.num_train_steps = 100_000
+  c.log_every_steps = 100
+  c.ckpt_every_steps = 5000
+  c.keep_period = 20_000
+  c.schedule = dict(kind="warmup_constant", peak_lr=1e-4, warmup_steps=10_000)
+  c.optimizer.update(dict(weight_decay=1e-2, decay_all=False))
+  c.ema_decay = None
+  c.mesh.fsdp_devices = 8
+  return c
+
+
 def sample_data(**overrides) -> ml_collections.ConfigDict:
   """The shipped LIBERO-spec sample dataset (data/sample), with openpi's pi0_libero data choices."""
   d = dict(kind="rlds",

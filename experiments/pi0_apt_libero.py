@@ -23,18 +23,6 @@ def get_config(arg=None):
   c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
                              action_expert_variant="gemma_300m", siglip_variant="So400m/14", action_dim=32,
                              action_horizon=50, max_token_len=48, fusion_gate="tanh", vlm_lr_multiplier=0.1))
-  c.data = common.libero_data("/data/modified_libero_rlds")
-  c.tokenizer_path = "/data/paligemma_tokenizer.model"
-  c.asset_id = "libero"
   c.weight_loader = dict(kind="openpi", path="/checkpoints/pi0_base/params") if stage != "stage2" else \
       dict(kind="none", path="")
-  c.batch_size = 256
-  c.num_train_steps = 100_000
-  c.log_every_steps = 100
-  c.ckpt_every_steps = 5000
-  c.keep_period = 20_000
-  c.schedule = dict(kind="warmup_constant", peak_lr=1e-4, warmup_steps=10_000)
-  c.optimizer.update(dict(weight_decay=1e-2, decay_all=False))
-  c.ema_decay = None
-  c.mesh.fsdp_devices = 8
-  return c
+  return common.paper_recipe(c)

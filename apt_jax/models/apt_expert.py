@@ -65,6 +65,7 @@ import numpy as np
 from apt_jax import tree as tree_lib
 from apt_jax.models import gemma as _gemma
 from apt_jax.models import model as _model
+from apt_jax.models import variants as _variants
 from apt_jax.models import vlm as _vlm
 
 VISION, LANGUAGE, ACTION = 0, 1, 2
@@ -91,17 +92,7 @@ _EXPERT_VARIANTS = {
 
 
 def get_expert_config(variant) -> ExpertConfig:
-  if isinstance(variant, ExpertConfig):
-    return variant
-  if isinstance(variant, dict) or hasattr(variant, "to_dict"):
-    d = dict(variant.to_dict() if hasattr(variant, "to_dict") else variant)
-    unknown = set(d) - {f.name for f in dataclasses.fields(ExpertConfig)}
-    if unknown:
-      raise ValueError(f"Unknown expert config keys {sorted(unknown)}")
-    return ExpertConfig(**d)
-  if variant not in _EXPERT_VARIANTS:
-    raise ValueError(f"Unknown expert variant {variant!r}; known: {sorted(_EXPERT_VARIANTS)} or a size dict")
-  return ExpertConfig(**_EXPERT_VARIANTS[variant])
+  return _variants.resolve(ExpertConfig, _EXPERT_VARIANTS, variant, "expert")
 
 
 def default_taps(vlm_depth: int, num_taps: int) -> tuple[int, ...]:

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apt_jax.models import variants as _variants
+
 PALIGEMMA_VOCAB_SIZE = 257_152
 # Used by big_vision/gemma instead of -inf so that fully masked rows stay finite.
 BIG_NEG = -2.3819763e38
@@ -58,17 +60,7 @@ _VARIANTS = {
 
 def get_config(variant: str | Config | dict) -> Config:
   """A named variant ("dummy", "gemma_300m", "gemma_2b"), a Config, or a dict of Config fields."""
-  if isinstance(variant, Config):
-    return variant
-  if isinstance(variant, dict) or hasattr(variant, "to_dict"):
-    d = dict(variant.to_dict() if hasattr(variant, "to_dict") else variant)
-    unknown = set(d) - {f.name for f in dataclasses.fields(Config)}
-    if unknown:
-      raise ValueError(f"Unknown Gemma config keys {sorted(unknown)}")
-    return Config(**d)
-  if variant not in _VARIANTS:
-    raise ValueError(f"Unknown Gemma variant {variant!r}; known: {sorted(_VARIANTS)} or a size dict")
-  return Config(**_VARIANTS[variant])
+  return _variants.resolve(Config, _VARIANTS, variant, "Gemma")
 
 
 def _name(name: str, i: int) -> str:

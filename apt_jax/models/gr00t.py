@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from apt_jax import tree as tree_lib
 from apt_jax.models import gemma as _gemma
 from apt_jax.models import model as _model
+from apt_jax.models import variants as _variants
 from apt_jax.models import vlm as _vlm
 
 
@@ -82,17 +83,7 @@ _DIT_VARIANTS = {
 
 
 def get_dit_config(variant) -> DiTConfig:
-  if isinstance(variant, DiTConfig):
-    return variant
-  if isinstance(variant, dict) or hasattr(variant, "to_dict"):
-    d = dict(variant.to_dict() if hasattr(variant, "to_dict") else variant)
-    unknown = set(d) - {f.name for f in dataclasses.fields(DiTConfig)}
-    if unknown:
-      raise ValueError(f"Unknown DiT config keys {sorted(unknown)}")
-    return DiTConfig(**d)
-  if variant not in _DIT_VARIANTS:
-    raise ValueError(f"Unknown DiT variant {variant!r}; known: {sorted(_DIT_VARIANTS)} or a size dict")
-  return DiTConfig(**_DIT_VARIANTS[variant])
+  return _variants.resolve(DiTConfig, _DIT_VARIANTS, variant, "DiT")
 
 
 @dataclasses.dataclass(frozen=True)

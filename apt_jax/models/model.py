@@ -101,6 +101,22 @@ def preprocess_observation(rng, observation: Observation, *, train: bool = False
   return dataclasses.replace(observation, images=out_images, image_masks=out_masks)
 
 
+def resolve_apt_options(config) -> None:
+  """Validates apt_stage / dtype and fills the stage-dependent defaults of a head config (in place, frozen-safe):
+  vlm_trainable None -> trainable only for "none"; vlm_lr_multiplier None -> 1.0 for "none" (openpi's one learning
+  rate), 0.1 for APT stages. Stage 1 requires a frozen VLM."""
+  if config.apt_stage not in ("none", "stage1", "stage2"):
+    raise ValueError(f"apt_stage={config.apt_stage!r}; expected 'none', 'stage1' or 'stage2'")
+  if config.dtype not in ("bfloat16", "float32"):
+    raise ValueError(f"dtype={config.dtype!r}; expected 'bfloat16' or 'float32'")
+  if config.vlm_trainable is None:
+    object.__setattr__(config, "vlm_trainable", config.apt_stage == "none")
+  if config.vlm_lr_multiplier is None:
+    object.__setattr__(config, "vlm_lr_multiplier", 1.0 if config.apt_stage == "none" else 0.1)
+  if config.apt_stage == "stage1" and config.vlm_trainable:
+    raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: vlm_trainable must be False")
+
+
 @dataclasses.dataclass(frozen=True)
 class BaseModelConfig(abc.ABC):
   """Owns the input contract (inputs_spec) and builds models."""
@@ -108,6 +124,21 @@ class BaseModelConfig(abc.ABC):
   action_dim: int
   action_horizon: int
   max_token_len: int
+  # Cameras the model reads, in prefix order, and the resolution images are resized (with padding) to. openpi's
+  # defaults; the CPU testbed uses one camera at its native 64x64.
+  image_keys: tuple[str, ...] = IMAGE_KEYS
+  image_resolution: tuple[int, int] = IMAGE_RESOLUTION
+
+  def __post_init__(self):
+    object.__setattr__(self, "image_keys", tuple(self.image_keys))
+    object.__setattr__(self, "image_resolution", tuple(int(x) for x in self.image_resolution))
+    if not self.image_keys or len(self.image_resolution) != 2:
+      raise ValueError(f"image_keys={self.image_keys!r} must be non-empty and image_resolution="
+                       f"{self.image_resolution!r} a (height, width) pair")
+
+  def preprocess(self, rng, observation: Observation, *, train: bool = False) -> Observation:
+    return preprocess_observation(rng, observation, train=train, image_keys=self.image_keys,
+                                  image_resolution=self.image_resolution)
 
   @abc.abstractmethod
   def create(self, rng) -> "BaseModel":
@@ -119,10 +150,9 @@ class BaseModelConfig(abc.ABC):
 
   def inputs_spec(self, *, batch_size: int = 1) -> tuple[Observation, Actions]:
     s = jax.ShapeDtypeStruct
-    keys, resolution = getattr(self, "image_keys", IMAGE_KEYS), getattr(self, "image_resolution", IMAGE_RESOLUTION)
     obs = Observation(
-        images={k: s((batch_size, *resolution, 3), jnp.float32) for k in keys},
-        image_masks={k: s((batch_size,), jnp.bool_) for k in keys},
+        images={k: s((batch_size, *self.image_resolution, 3), jnp.float32) for k in self.image_keys},
+        image_masks={k: s((batch_size,), jnp.bool_) for k in self.image_keys},
         state=s((batch_size, self.action_dim), jnp.float32),
         tokenized_prompt=s((batch_size, self.max_token_len), jnp.int32),
         tokenized_prompt_mask=s((batch_size, self.max_token_len), jnp.bool_),

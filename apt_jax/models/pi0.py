@@ -95,39 +95,18 @@ class Pi0Config(_model.BaseModelConfig):
   # DDIM loss: "l1" (the paper) or "l2".
   ddim_loss: str = "l1"
   diffusion_steps: int = 100
-  # Cameras the model reads, in prefix order, and the resolution images are resized (with padding) to. openpi's
-  # defaults; the CPU testbed uses one camera at its native 64x64.
-  image_keys: tuple[str, ...] = _model.IMAGE_KEYS
-  image_resolution: tuple[int, int] = _model.IMAGE_RESOLUTION
 
   def __post_init__(self):
+    super().__post_init__()
     set_ = lambda k, v: object.__setattr__(self, k, v)
-    set_("image_keys", tuple(self.image_keys))
-    set_("image_resolution", tuple(int(x) for x in self.image_resolution))
-    if not self.image_keys or len(self.image_resolution) != 2:
-      raise ValueError(f"image_keys={self.image_keys!r} must be non-empty and image_resolution="
-                       f"{self.image_resolution!r} a (height, width) pair")
     set_("paligemma_variant", _gemma.get_config(_freeze(self.paligemma_variant)))
     set_("action_expert_variant", _gemma.get_config(_freeze(self.action_expert_variant)))
     set_("siglip_variant", _siglip.get_config(_freeze(self.siglip_variant)))
-    if self.apt_stage not in ("none", "stage1", "stage2"):
-      raise ValueError(f"apt_stage={self.apt_stage!r}; expected 'none', 'stage1' or 'stage2'")
     if self.fusion_gate not in ("tanh", "sigmoid"):
       raise ValueError(f"fusion_gate={self.fusion_gate!r}; expected 'tanh' or 'sigmoid'")
-    if self.dtype not in ("bfloat16", "float32"):
-      raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16' or 'float32'")
     set_("loss_weights", _objectives.normalize_loss_weights(self.loss_weights))
     _objectives.validate(self.objective, self.loss_weights, self.action_dim, self.ddim_loss)
-    if self.vlm_trainable is None:
-      set_("vlm_trainable", self.apt_stage == "none")
-    if self.vlm_lr_multiplier is None:
-      set_("vlm_lr_multiplier", 1.0 if self.apt_stage == "none" else 0.1)
-    if self.apt_stage == "stage1" and self.vlm_trainable:
-      raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: vlm_trainable must be False")
-
-  def preprocess(self, rng, observation, *, train: bool = False):
-    return _model.preprocess_observation(rng, observation, train=train, image_keys=self.image_keys,
-                                         image_resolution=self.image_resolution)
+    _model.resolve_apt_options(self)
 
   @property
   def vlm_config(self) -> _gemma.Config:

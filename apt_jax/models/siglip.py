@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apt_jax.models import variants as _variants
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -35,19 +37,8 @@ _VARIANTS = {
 
 def get_config(variant: str | Config | dict) -> Config:
   """A named variant ("So400m/14", "dummy"), a Config, or a dict of Config fields."""
-  if isinstance(variant, Config):
-    return variant
-  if isinstance(variant, dict) or hasattr(variant, "to_dict"):
-    d = dict(variant.to_dict() if hasattr(variant, "to_dict") else variant)
-    unknown = set(d) - {f.name for f in dataclasses.fields(Config)}
-    if unknown:
-      raise ValueError(f"Unknown SigLIP config keys {sorted(unknown)}")
-    if "patch_size" in d:
-      d["patch_size"] = tuple(d["patch_size"])
-    return Config(**d)
-  if variant not in _VARIANTS:
-    raise ValueError(f"Unknown SigLIP variant {variant!r}; known: {sorted(_VARIANTS)} or a size dict")
-  return Config(**_VARIANTS[variant])
+  c = _variants.resolve(Config, _VARIANTS, variant, "SigLIP")
+  return dataclasses.replace(c, patch_size=tuple(c.patch_size))   # lists from JSON / ml_collections
 
 
 class MlpBlock(nn.Module):

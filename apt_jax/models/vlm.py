@@ -152,21 +152,13 @@ class FeatureHeadConfig(_model.BaseModelConfig):
   flow_convention: ClassVar[str] = "pi0"
 
   def __post_init__(self):
+    super().__post_init__()
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_("paligemma_variant", _gemma.get_config(_freeze(self.paligemma_variant)))
     set_("siglip_variant", _siglip.get_config(_freeze(self.siglip_variant)))
     set_("loss_weights", _objectives.normalize_loss_weights(self.loss_weights))
-    if self.apt_stage not in ("none", "stage1", "stage2"):
-      raise ValueError(f"apt_stage={self.apt_stage!r}; expected 'none', 'stage1' or 'stage2'")
-    if self.dtype not in ("bfloat16", "float32"):
-      raise ValueError(f"dtype={self.dtype!r}; expected 'bfloat16' or 'float32'")
     _objectives.validate(self.objective, self.loss_weights, self.action_dim, self.ddim_loss)
-    if self.vlm_trainable is None:
-      set_("vlm_trainable", self.apt_stage == "none")
-    if self.vlm_lr_multiplier is None:
-      set_("vlm_lr_multiplier", 1.0 if self.apt_stage == "none" else 0.1)
-    if self.apt_stage == "stage1" and self.vlm_trainable:
-      raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: vlm_trainable must be False")
+    _model.resolve_apt_options(self)
 
   @property
   def vlm_config(self) -> _gemma.Config:
@@ -224,7 +216,7 @@ class FeatureHeadModel(_model.BaseModel):
   def compute_loss(self, rng, observation, actions, *, train=False, noise=None, time=None):
     """-> [B, AH]. `noise`/`time` fix the corruption (time: continuous t for flow, integer step k for DDIM)."""
     preprocess_rng, rng = jax.random.split(rng)
-    observation = _model.preprocess_observation(preprocess_rng, observation, train=train)
+    observation = self.config.preprocess(preprocess_rng, observation, train=train)
     objective = self.config.objective_fn()
     x_t, net_time, target = objective.training_inputs(rng, actions, noise=noise, time=time)
     prediction = self._apply("predict", observation, x_t, net_time)
@@ -232,7 +224,7 @@ class FeatureHeadModel(_model.BaseModel):
 
   def sample_actions(self, rng, observation, *, num_steps=None, noise=None):
     """-> [B, AH, AD] with the objective's sampler (flow: Euler; DDIM: 20 steps by default)."""
-    observation = _model.preprocess_observation(None, observation, train=False)
+    observation = self.config.preprocess(None, observation, train=False)
     c = self.config
     if noise is None:
       noise = jax.random.normal(rng, (observation.state.shape[0], c.action_horizon, c.action_dim))

@@ -7,20 +7,15 @@ closed-loop evaluation on every split, and the report (markdown + JSON + PNG).
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import pathlib
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from apt_jax import optimizer as _optimizer
-from apt_jax import train
+from apt_jax.data import normalize
 from apt_jax.envs import tabletop as T
-from apt_jax.models import model as _model
 from apt_jax.models import pi0 as _pi0
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
@@ -86,7 +81,6 @@ def make_vla_data(cfg: dict, tokenizer, workdir: pathlib.Path):
   arrays = dict(image=imgs.reshape(-1, *imgs.shape[2:]), state=states.reshape(-1, 3),
                 actions=np.transpose(chunks, (0, 2, 1, 3)).reshape(-1, ah, 3),
                 tokens=np.tile(tokens, (n_t, 1)), mask=np.tile(masks, (n_t, 1)))
-  from apt_jax.data import normalize
   stats = {k: normalize.RunningStats() for k in ("state", "actions")}
   stats["state"].update(arrays["state"])
   stats["actions"].update(arrays["actions"].reshape(-1, 3))
