@@ -26,7 +26,7 @@ def tiny_config(arg=None):
   del arg
   c = copy.deepcopy(experiment.DEMO)
   c["seeds"] = (0,)
-  c["data"].update(episodes=20, episode_len=14)
+  c["data"].update(episodes=20, episode_len=16)
   c["vlm"].update(scenes=40, qa_per_scene=4, eval_scenes=10, steps=3, batch_size=8)
   c["vla"].update(steps=4, batch_size=4)
   c["eval"].update(episodes_per_split=2, max_steps=8)

@@ -1,7 +1,10 @@
 """A small, fast, deterministic 2-D tabletop simulator (NumPy), vectorised over a batch of scenes.
 
-Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape) and the 3 containers (bowl, box, plate) at random,
-non-overlapping positions in the unit square. Rendered top-down to uint8 RGB [B, S, S, 3] (S = 64 by default).
+Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape) and the 3 containers (bowl, box, plate), each
+placed at the centre of a distinct cell of a GRID x GRID board over the unit square. Rendered top-down to uint8 RGB
+[B, S, S, 3] (S = IMAGE_SIZE = 16 px per cell by default). A cell is one 16-px patch of the testbed's SigLIP, so
+"where is the red block" is "which image token": the question a tiny model can learn on a CPU budget (with free
+positions, sub-patch localisation took >10k steps and the policies never used the image).
 
 State (3): gripper x, y in [0, 1] and gripper closure (0 open, 1 closed).
 Action (3): dx, dy in [-1, 1] (scaled by MAX_STEP) and a gripper command (> 0 close, <= 0 open).
@@ -29,6 +32,8 @@ GRASP_RADIUS = 0.09
 CONTAINER_RADIUS = 0.1
 OBJECT_RADIUS = 0.05
 MAX_EPISODE_STEPS = 20
+GRID = 5
+IMAGE_SIZE = 16 * GRID
 
 
 @dataclasses.dataclass
@@ -59,17 +64,17 @@ class State:
     return State(**{f.name: np.concatenate([getattr(s, f.name) for s in states]) for f in dataclasses.fields(State)})
 
 
-def _sample_positions(rng, n, min_dist, lo=0.12, hi=0.88):
-  """n points in [lo, hi]^2, pairwise >= min_dist apart (sequential rejection sampling, deterministic given rng)."""
-  for _ in range(1000):
-    pts = []
-    for _ in range(200 * n):
-      p = rng.uniform(lo, hi, size=2)
-      if all(np.linalg.norm(p - q) >= min_dist for q in pts):
-        pts.append(p)
-        if len(pts) == n:
-          return np.stack(pts)
-  raise RuntimeError("could not place entities")
+def cell_centres(cells) -> np.ndarray:
+  """Cell indices (row-major in the GRID x GRID board) -> [..., 2] (x, y) centres in the unit square."""
+  cells = np.asarray(cells)
+  return (np.stack([cells % GRID, cells // GRID], axis=-1) + 0.5) / GRID
+
+
+def _sample_positions(rng, n):
+  """n distinct board cells' centres [n, 2] (deterministic given rng; neighbours are 1 / GRID = 0.2 apart)."""
+  if n > GRID * GRID:
+    raise ValueError(f"cannot place {n} entities on a {GRID}x{GRID} board")
+  return cell_centres(rng.choice(GRID * GRID, n, replace=False))
 
 
 def reset_one(seed: int, kinds=None, target=None) -> State:
@@ -81,7 +86,7 @@ def reset_one(seed: int, kinds=None, target=None) -> State:
     if target is not None and target[0] not in kinds:
       kinds[rng.integers(NUM_OBJECTS)] = target[0]
   kinds = np.asarray(kinds)
-  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, 0.2, 0.1, 0.9)
+  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1)
   if target is None:
     t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
   else:
@@ -141,7 +146,7 @@ def step(state: State, action) -> State:
   return s
 
 
-def render(state: State, size: int = 64) -> np.ndarray:
+def render(state: State, size: int = IMAGE_SIZE) -> np.ndarray:
   """Top-down RGB [B, size, size, 3] uint8. Containers: bowl = white ring, box = brown square outline, plate = dark
   disc. Objects: block = filled square, ball = filled disc. Gripper: black (closed) / white (open) cross."""
   bsz = state.batch_size
@@ -205,7 +210,8 @@ def expert_action(state: State, rng=None, noise: float = 0.0) -> np.ndarray:
   return np.concatenate([move, grip[:, None]], axis=-1).astype(np.float32)
 
 
-def rollout_expert(state: State, steps: int = MAX_EPISODE_STEPS, rng=None, noise: float = 0.0, size: int = 64):
+def rollout_expert(state: State, steps: int = MAX_EPISODE_STEPS, rng=None, noise: float = 0.0,
+                   size: int = IMAGE_SIZE):
   """Runs the expert; returns (images [T, B, S, S, 3], states [T, B, 3], actions [T, B, 3], success [B], final)."""
   imgs, sts, acts = [], [], []
   for _ in range(steps):

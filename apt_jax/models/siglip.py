@@ -90,6 +90,18 @@ class Encoder(nn.Module):
     return nn.LayerNorm(name="encoder_norm", dtype=self.dtype_mm)(x)
 
 
+def posemb_sincos2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """big_vision's fixed 2-D sin-cos position embedding [1, h * w, width] (row-major patches; width % 4 == 0).
+  SigLIP's own posemb is learned; this is a better *initial value* for tiny models trained from scratch."""
+  if width % 4:
+    raise ValueError(f"posemb_sincos2d: width {width} must be a multiple of 4")
+  y, x = np.mgrid[:h, :w]
+  omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+  y = np.einsum("m,d->md", y.flatten(), omega)
+  x = np.einsum("m,d->md", x.flatten(), omega)
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
+
+
 class Module(nn.Module):
   """SigLIP ViT. images [B, H, W, 3] in [-1, 1] -> tokens [B, P, num_classes] in dtype_mm.
 

@@ -37,15 +37,18 @@ RECIPES = {
     "ki_2stage": dict(two_stage=True, vlm_trainable=True, knowledge_insulation=True, label="KI + APT S1→S2"),
 }
 
-SIZE = dict(vlm_width=64, expert_width=32, depth=2, head_dim=16, siglip_width=32, siglip_depth=1, patch_size=8,
+# 4 query = 4 KV heads: with MQA (1 KV head of 16) the frozen VLM's values kept too little of an object's cell for
+# the expert to read (linear probe, README).
+SIZE = dict(vlm_width=64, expert_width=32, depth=2, num_heads=4, num_kv_heads=4, head_dim=16, siglip_width=32,
+            siglip_depth=1, patch_size=16,
             action_horizon=8, max_token_len=16, flow_steps=5)
 
 DEMO = dict(
     size=SIZE, seeds=(0, 1, 2), recipes=tuple(RECIPES),
-    data=dict(episodes=300, episode_len=14, expert_noise=0.3),
+    data=dict(episodes=300, episode_len=16, expert_noise=0.3),
     tokenizer=dict(vocab_size=256),
-    vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=1500, batch_size=48, lr=1e-3, prefix_len=20,
-             suffix_len=12),
+    vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=3e-3, prefix_len=20,
+             suffix_len=12, curriculum=corpus.CURRICULUM),
     vla=dict(steps=1200, batch_size=16, lr=2e-3),
     eval=dict(episodes_per_split=24, max_steps=20, replan=4),
 )
@@ -194,7 +197,7 @@ def run(cfg: dict, workdir, *, command: str = "") -> dict:
   log(f"VLM pretraining: {v['steps']} steps x batch {v['batch_size']} (prefix-LM)")
   vlm = vlm_pretrain.pretrain(base_config, tokenizer, vlm_train, vlm_eval, steps=v["steps"],
                               batch_size=v["batch_size"], lr=v["lr"], seed=0, prefix_len=v["prefix_len"],
-                              suffix_len=v["suffix_len"], log=log)
+                              suffix_len=v["suffix_len"], curriculum=v.get("curriculum"), log=log)
   vlm_pretrain.save(npz, vlm.params)
   log(f"VLM held-out exact-match accuracy: " + ", ".join(f"{k} {x:.2f}" for k, x in vlm.eval_accuracy.items()))
   timings["vlm_s"] = time.time() - t

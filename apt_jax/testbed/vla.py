@@ -24,20 +24,20 @@ from apt_jax import tree as tree_lib
 from apt_jax.envs import tabletop as T
 from apt_jax.models import model as _model
 
-IMAGE_SIZE = 64
+IMAGE_SIZE = T.IMAGE_SIZE
 
 
 def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256):
   """Pi0Config kwargs of the testbed's tiny π0 (size: dict of vlm_width, expert_width, depth, siglip_width...)."""
-  heads, head_dim = 2, size.get("head_dim", 16)
+  heads, kv_heads, head_dim = size.get("num_heads", 2), size.get("num_kv_heads", 1), size.get("head_dim", 16)
   return dict(
       apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation,
       dtype="float32", action_dim=3, action_horizon=size["action_horizon"], max_token_len=size["max_token_len"],
       vocab_size=vocab_size, num_steps=size.get("flow_steps", 5), remat_policy="none",
       paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],
-                             num_heads=heads, num_kv_heads=1, head_dim=head_dim),
+                             num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim),
       action_expert_variant=dict(width=size["expert_width"], depth=size["depth"], mlp_dim=2 * size["expert_width"],
-                                 num_heads=heads, num_kv_heads=1, head_dim=head_dim),
+                                 num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim),
       siglip_variant=dict(width=size["siglip_width"], depth=size["siglip_depth"], mlp_dim=2 * size["siglip_width"],
                           num_heads=2, patch_size=(size["patch_size"],) * 2),
       # One camera at the renderer's resolution: no resize to 224, no blank wrist cameras through SigLIP.

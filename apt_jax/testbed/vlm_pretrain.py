@@ -22,6 +22,7 @@ from apt_jax.models import gemma as _gemma
 from apt_jax.models import image_tools
 from apt_jax.models import pi0 as _pi0
 from apt_jax.models import siglip as _siglip
+from apt_jax.testbed import corpus
 
 
 class PaliGemmaLM(nn.Module):
@@ -96,8 +97,13 @@ class VlmResult:
 
 
 def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, steps: int, batch_size: int,
-             lr: float, seed: int, prefix_len: int, suffix_len: int, log=print) -> VlmResult:
-  """train_data/eval_data: (images, qa, task ids) from corpus.generate. Returns params {"img", "llm"}."""
+             lr: float, seed: int, prefix_len: int, suffix_len: int, curriculum=None, log=print) -> VlmResult:
+  """train_data/eval_data: (images, qa, task ids) from corpus.generate. Returns params {"img", "llm"}.
+
+  curriculum: ((until_fraction, task weights), ...), phases in order (the last covers the rest); each batch draws
+  its tasks from the current phase's weights (default: corpus.TASK_WEIGHTS throughout). A tiny VLM learns to read
+  locations off the image on the easiest question first (containers: 3 fixed looks) and only then on the rest.
+  """
   module = PaliGemmaLM(model_config)
   images, qa, _ = train_data
   arrays = encode_qa(tokenizer, qa, prefix_len, suffix_len)
@@ -108,6 +114,11 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   # steps to start looking at the image. A LeCun-normal head starts vision and text on an equal footing.
   head = params["img"]["head"]["kernel"]
   params["img"]["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), head.shape) / np.sqrt(head.shape[0])
+  # Learned posemb (the tree stays openpi's), started at big_vision's sincos2d: every image token then carries its
+  # board cell linearly from step 0, and grounding ("where is the bowl") learns ~2x faster (measured, README).
+  pe = params["img"]["pos_embedding"]
+  g = int(round(np.sqrt(pe.shape[1])))
+  params["img"]["pos_embedding"] = jnp.asarray(_siglip.posemb_sincos2d(g, g, pe.shape[2]), pe.dtype)
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps, lr / 20)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.98, weight_decay=1e-4))
   opt_state = tx.init(params)
@@ -119,9 +130,16 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
     return optax.apply_updates(params, updates), opt_state, loss, jnp.mean(exact)
 
   rng = np.random.default_rng(seed)
+  task = np.asarray(train_data[2])
+  pools = [np.flatnonzero(task == t) for t in range(corpus.NUM_TASKS)]
+  curriculum = tuple(curriculum or ((1.0, corpus.TASK_WEIGHTS),))
   t0, losses = time.time(), []
   for i in range(steps):
-    idx = rng.integers(len(qa), size=batch_size)
+    weights = curriculum_weights(curriculum, i, steps) * np.array([len(p) > 0 for p in pools])
+    if weights.sum() == 0:
+      raise ValueError(f"VLM pretraining step {i}: the corpus has no question of the curriculum's current tasks")
+    tasks = rng.choice(corpus.NUM_TASKS, size=batch_size, p=weights / weights.sum())
+    idx = np.array([pools[t][rng.integers(len(pools[t]))] for t in tasks])
     batch = (images[scene[idx]],) + tuple(a[idx] for a in arrays)
     params, opt_state, loss, acc = step(params, opt_state, batch)
     if i % 100 == 0 or i + 1 == steps:
@@ -132,6 +150,18 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   return VlmResult(params=jax.device_get(params), train_seconds=seconds,
                    eval_accuracy=evaluate(module, params, tokenizer, eval_data, prefix_len, suffix_len),
                    losses=losses)
+
+
+def curriculum_weights(curriculum, step: int, steps: int) -> np.ndarray:
+  """Task weights [NUM_TASKS] of the phase that `step` (0-based, of `steps`) falls in: the first phase whose
+  `until * steps` exceeds it; the last phase covers the rest."""
+  for until, weights in curriculum:
+    if step < round(until * steps):   # round: 0.55 * 100 is 55.00000000000001
+      break
+  weights = np.asarray(weights, float)
+  if weights.shape != (corpus.NUM_TASKS,) or (weights < 0).any() or weights.sum() <= 0:
+    raise ValueError(f"curriculum weights {weights.tolist()} must be {corpus.NUM_TASKS} non-negative numbers, not all 0")
+  return weights
 
 
 def evaluate(module, params, tokenizer, data, prefix_len, suffix_len, batch_size: int = 256) -> dict:
@@ -146,7 +176,6 @@ def evaluate(module, params, tokenizer, data, prefix_len, suffix_len, batch_size
     exact.append(np.asarray(fn(params, (images[scene[idx]],) + tuple(a[idx] for a in arrays)))[: min(batch_size, len(qa) - lo)])
   exact = np.concatenate(exact)
   task = np.asarray(task)
-  from apt_jax.testbed import corpus
   acc = {name: float(exact[task == t].mean()) for t, name in enumerate(corpus.TASK_NAMES) if (task == t).any()}
   acc["all"] = float(exact.mean())
   return acc

@@ -64,3 +64,15 @@ def test_unknown_variant_and_size_key_raise_naming_them():
     siglip.get_config("So400m/16")
   with pytest.raises(ValueError, match="hidden_size"):
     siglip.get_config(dict(width=8, depth=1, mlp_dim=16, num_heads=2, hidden_size=8))
+
+
+def test_posemb_sincos2d_matches_hand_values():
+  # width 8: omega = (1, 1e-4); token (row r, col c) -> sin(c), sin(1e-4 c), cos(c), cos(1e-4 c), then the same for r.
+  pe = siglip.posemb_sincos2d(2, 3, 8)
+  assert pe.shape == (1, 6, 8)
+  r, c = 1, 2                                       # row-major token index 1 * 3 + 2 = 5
+  w = np.array([1.0, 1e-4])
+  expected = np.concatenate([np.sin(c * w), np.cos(c * w), np.sin(r * w), np.cos(r * w)])
+  np.testing.assert_allclose(pe[0, 5], expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="width 6"):
+    siglip.posemb_sincos2d(2, 2, 6)

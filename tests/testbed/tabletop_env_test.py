@@ -32,7 +32,7 @@ def test_render_and_step_deterministic():
   (f1, s1), (f2, s2) = run(), run()
   np.testing.assert_array_equal(f1, f2)
   np.testing.assert_array_equal(s1, s2)
-  assert f1.shape == (6, 3, 64, 64, 3) and f1.dtype == np.uint8
+  assert f1.shape == (6, 3, T.IMAGE_SIZE, T.IMAGE_SIZE, 3) and f1.dtype == np.uint8
   assert not np.array_equal(T.render(T.reset([7])), T.render(T.reset([8])))
 
 
@@ -68,3 +68,19 @@ def test_grasp_carry_release():
   assert not T.success(s)[0]
   s = T.step(s, [[0, 0, -1]])                   # open
   assert s.held[0] == -1 and T.success(s)[0]
+
+
+def test_entities_sit_on_distinct_board_cells_one_per_image_patch():
+  s = T.reset(range(50))
+  pts = np.concatenate([s.obj_pos, s.cont_pos, s.gripper[:, None]], axis=1)       # [B, 7, 2]
+  cells = pts * T.GRID - 0.5
+  np.testing.assert_allclose(cells, np.round(cells), atol=1e-12)                  # cell centres
+  idx = np.round(cells[..., 1]) * T.GRID + np.round(cells[..., 0])
+  assert all(len(set(row)) == pts.shape[1] for row in idx)                          # distinct cells
+  # A 16-px patch of the image is one cell: each colour's pixels lie exactly in the cells of the objects of that colour.
+  img = T.render(s.index(np.arange(1)))[0]
+  for colour, rgb in T.RGB.items():
+    ys, xs = np.nonzero((img == rgb).all(-1))
+    want = {tuple((s.obj_pos[0, n] * T.GRID).astype(int)) for n in range(T.NUM_OBJECTS)
+            if T.OBJECTS[s.obj_kind[0, n]][0] == colour}
+    assert set(zip(xs // 16, ys // 16)) == want

@@ -3,6 +3,7 @@
 import re
 
 import numpy as np
+import pytest
 
 from apt_jax.envs import tabletop as T
 from apt_jax.testbed import corpus
@@ -72,4 +73,17 @@ def test_vlm_corpus_has_the_language_the_vla_data_lacks():
   words = _words([q for _, q, _ in qa] + [a for _, _, a in qa])
   assert words & L.PARAPHRASE_WORDS >= {"crimson", "cube", "dish", "place", "into"}
   assert set(tasks) == set(range(corpus.NUM_TASKS))
-  assert corpus.location((0.1, 0.1)) == "top left" and corpus.location((0.5, 0.5)) == "center"
+  # Board cells are 0.2 wide: x 0.1 -> column 0, y 0.1 -> row 0; (0.5, 0.5) is the centre cell; (0.79, 0.21) is
+  # row 1 (y), column 3 (x).
+  assert corpus.location((0.1, 0.1)) == "top far-left" and corpus.location((0.5, 0.5)) == "middle center"
+  assert corpus.location((0.79, 0.21)) == "upper right"
+
+
+def test_vlm_curriculum_phases():
+  from apt_jax.testbed import vlm_pretrain
+  a, b, c = (np.eye(corpus.NUM_TASKS)[i] for i in range(3))
+  cur = ((0.2, a), (0.55, b), (1.0, c))
+  for step, want in ((0, a), (19, a), (20, b), (54, b), (55, c), (99, c)):
+    np.testing.assert_array_equal(vlm_pretrain.curriculum_weights(cur, step, 100), want)
+  with pytest.raises(ValueError, match="curriculum weights"):
+    vlm_pretrain.curriculum_weights(((1.0, (1, 0)),), 0, 10)
