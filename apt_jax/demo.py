@@ -1,6 +1,6 @@
 """`make demo`: the laptop-scale APT testbed, end to end on CPU (issue #7).
 
-  python -m apt_jax.demo [--workdir out/demo] [--tiny]
+  python -m apt_jax.demo [--workdir out/demo] [--config demo|tiny|full]
 
 Renders a 2-D tabletop (apt_jax/envs/tabletop.py), pretrains a tiny PaliGemma on a synonym-rich corpus from the
 same renderer (prefix-LM, saved as a big_vision npz), trains the Table 2 recipes (π0 joint, APT frozen, APT + VLM

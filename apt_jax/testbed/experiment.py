@@ -49,7 +49,7 @@ DEMO = dict(
     tokenizer=dict(vocab_size=256),
     vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=3e-3, prefix_len=20,
              suffix_len=12, curriculum=corpus.CURRICULUM),
-    vla=dict(steps=1200, batch_size=16, lr=2e-3),
+    vla=dict(steps=2000, batch_size=16, lr=2e-3),
     eval=dict(episodes_per_split=24, max_steps=20, replan=4),
 )
 
