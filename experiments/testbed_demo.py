@@ -4,11 +4,11 @@ r"""Laptop-scale APT testbed, the short version that `make demo` runs (issue #7)
   python -m apt_jax.demo --config tiny --workdir /tmp/tb_tiny   # smoke size, ~2 min
 
 Hardware: 2 CPU cores. Budget: <= 15 min in all (corpus + tokenizer, VLM pretraining, 5 recipes x 3 seeds, closed-loop
-evaluation on 4 splits). Measured (2 cores, 2026-11-24): 10.0 min wall (VLM 1500 steps 219 s, recipes + eval 377 s).
-Result at this budget: the noisy scripted expert succeeds on 99% of the demonstrations, but the VLM stays at chance on
-grounding questions (held-out exact match: locations 0.11-0.14 on 9 cells, yes/no 0.60 ~ the majority answer) and NO
-recipe completes a single episode (0/72 on every split, Wilson upper bound 0.05); target grasp rates are 1-7% for
-every recipe, with overlapping intervals. The demo checks the pipeline, not the claim (README, Results).
+evaluation on 4 splits). Measured (2 cores, 2026-11-24): 8.8 min wall (VLM 2500 steps 186 s, recipes + eval 332 s).
+Result at this budget: the noisy scripted expert succeeds on 99.3% of the demonstrations and the VLM grounds
+(held-out exact match on the 25 board cells: refer 0.87, container 0.99, instruction 0.77), but the policies do not
+learn the task: success is 0/72 on every split for every recipe but two single episodes, target grasp 0-10% with
+overlapping intervals. The demo checks the pipeline, not the claim (README, Results).
 """
 
 import copy
