@@ -35,6 +35,5 @@ def get_config(arg=None):
                              stage2_init="preserving"))
   # PaliGemma 3B pt-224 (big_vision npz) for the VLM; the head starts from scratch. (An openpi π0 checkpoint
   # holds π0's action expert too, which this head lacks.)
-  c.weight_loader = dict(kind="paligemma_npz", path="/checkpoints/paligemma-3b-pt-224.npz") if stage != "stage2" \
-      else dict(kind="none", path="")
+  c.weight_loader = common.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
   return common.paper_recipe(c)

@@ -16,6 +16,12 @@ def parse_stage(arg) -> str:
   return "none" if arg == "joint" else arg
 
 
+def stage_weight_loader(stage: str, kind: str, path: str) -> ml_collections.ConfigDict:
+  """Stage 1 and one-stage runs load `path` (`kind`: paligemma_npz | openpi); Stage 2 starts from the Stage 1
+  checkpoint (`init_from`) instead, so it loads nothing."""
+  return ml_collections.ConfigDict(dict(kind=kind, path=path) if stage != "stage2" else dict(kind="none", path=""))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Fields every experiment has; experiments override what they need."""
   c = ml_collections.ConfigDict()

@@ -23,6 +23,5 @@ def get_config(arg=None):
   c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
                              action_expert_variant="gemma_300m", siglip_variant="So400m/14", action_dim=32,
                              action_horizon=50, max_token_len=48, fusion_gate="tanh", vlm_lr_multiplier=0.1))
-  c.weight_loader = dict(kind="openpi", path="/checkpoints/pi0_base/params") if stage != "stage2" else \
-      dict(kind="none", path="")
+  c.weight_loader = common.stage_weight_loader(stage, "openpi", "/checkpoints/pi0_base/params")
   return common.paper_recipe(c)

@@ -116,9 +116,9 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   params["img"]["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), head.shape) / np.sqrt(head.shape[0])
   # Learned posemb (the tree stays openpi's), started at big_vision's sincos2d: every image token then carries its
   # board cell linearly from step 0, and grounding ("where is the bowl") learns ~2x faster (measured, README).
+  (h, w), (ph, pw) = model_config.image_resolution, model_config.siglip_variant.patch_size
   pe = params["img"]["pos_embedding"]
-  g = int(round(np.sqrt(pe.shape[1])))
-  params["img"]["pos_embedding"] = jnp.asarray(_siglip.posemb_sincos2d(g, g, pe.shape[2]), pe.dtype)
+  params["img"]["pos_embedding"] = jnp.asarray(_siglip.posemb_sincos2d(h // ph, w // pw, pe.shape[2]), pe.dtype)
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps, lr / 20)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.98, weight_decay=1e-4))
   opt_state = tx.init(params)
@@ -132,10 +132,11 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   rng = np.random.default_rng(seed)
   task = np.asarray(train_data[2])
   pools = [np.flatnonzero(task == t) for t in range(corpus.NUM_TASKS)]
+  has_task = np.array([len(p) > 0 for p in pools])
   curriculum = tuple(curriculum or ((1.0, corpus.TASK_WEIGHTS),))
   t0, losses = time.time(), []
   for i in range(steps):
-    weights = curriculum_weights(curriculum, i, steps) * np.array([len(p) > 0 for p in pools])
+    weights = curriculum_weights(curriculum, i, steps) * has_task
     if weights.sum() == 0:
       raise ValueError(f"VLM pretraining step {i}: the corpus has no question of the curriculum's current tasks")
     tasks = rng.choice(corpus.NUM_TASKS, size=batch_size, p=weights / weights.sum())
