@@ -211,13 +211,16 @@ def expert_action(state: State, rng=None, noise: float = 0.0) -> np.ndarray:
 
 
 def rollout_expert(state: State, steps: int = MAX_EPISODE_STEPS, rng=None, noise: float = 0.0,
-                   size: int = IMAGE_SIZE):
-  """Runs the expert; returns (images [T, B, S, S, 3], states [T, B, 3], actions [T, B, 3], success [B], final)."""
+                   size: int = IMAGE_SIZE, clean_labels: bool = False):
+  """Runs the expert; returns (images [T, B, S, S, 3], states [T, B, 3], actions [T, B, 3], success [B], final).
+
+  clean_labels: the recorded action is the noise-free expert action at each visited state while the noisy one is
+  executed (DART, Laskey et al. 2017); the visited states are the same as without it."""
   imgs, sts, acts = [], [], []
   for _ in range(steps):
     a = expert_action(state, rng, noise)
     imgs.append(render(state, size))
     sts.append(observe_state(state))
-    acts.append(a)
+    acts.append(expert_action(state) if clean_labels else a)
     state = step(state, a)
   return np.stack(imgs), np.stack(sts), np.stack(acts), success(state), state

@@ -73,7 +73,7 @@ def make_vla_data(cfg: dict, tokenizer, workdir: pathlib.Path):
   state = L.scenes(seeds, pairs)
   rng = np.random.default_rng(0)
   imgs, states, acts, ok, _ = T.rollout_expert(state, d["episode_len"], rng=rng, noise=d["expert_noise"],
-                                               size=vla.IMAGE_SIZE)
+                                               size=vla.IMAGE_SIZE, clean_labels=d.get("clean_labels", False))
   ah = size["action_horizon"]
   n_t, n_e = acts.shape[:2]
   # Chunks: actions t..t+AH-1, padded with the last action at the end of the episode.
@@ -81,7 +81,7 @@ def make_vla_data(cfg: dict, tokenizer, workdir: pathlib.Path):
   chunks = acts[idx]                                                               # [T, AH, E, 3]
   tok = [tokenizer.tokenize(s) for s in instr]
   tokens, masks = np.stack([t for t, _ in tok]), np.stack([m for _, m in tok])
-  arrays = dict(image=imgs.reshape(-1, *imgs.shape[2:]), state=states.reshape(-1, 3),
+  arrays = dict(image=imgs.reshape(-1, *imgs.shape[2:]), state=states.reshape(-1, states.shape[-1]),
                 actions=np.transpose(chunks, (0, 2, 1, 3)).reshape(-1, ah, 3),
                 tokens=np.tile(tokens, (n_t, 1)), mask=np.tile(masks, (n_t, 1)))
   stats = {k: normalize.RunningStats() for k in ("state", "actions")}

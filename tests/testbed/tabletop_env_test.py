@@ -84,3 +84,14 @@ def test_entities_sit_on_distinct_board_cells_one_per_image_patch():
     want = {tuple((s.obj_pos[0, n] * T.GRID).astype(int)) for n in range(T.NUM_OBJECTS)
             if T.OBJECTS[s.obj_kind[0, n]][0] == colour}
     assert set(zip(xs // 16, ys // 16)) == want
+
+
+def test_clean_labels_record_noise_free_actions_on_the_same_states():
+  seeds, pairs, _ = L.training_tasks(20, seed=5)
+  runs = [T.rollout_expert(L.scenes(seeds, pairs), 12, rng=np.random.default_rng(4), noise=0.3, size=16,
+                           clean_labels=c) for c in (False, True)]
+  (img0, st0, act0, _, _), (img1, st1, act1, _, _) = runs
+  np.testing.assert_array_equal(img0, img1)      # the same noisy actions were executed
+  np.testing.assert_array_equal(st0, st1)
+  np.testing.assert_array_equal(act1[0], T.expert_action(L.scenes(seeds, pairs)))
+  assert np.abs(act0 - act1).max() > 0.05        # the executed (noisy) actions differ from the labels
