@@ -1,0 +1,149 @@
+"""Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop, as JSON.
+
+    .venv/bin/python benchmarks/testbed_diagnostics.py --workdir out/demo [--probe base] [--recipe pi0_joint]
+        [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--clean_labels]
+
+Reads the VLM npz and tokenizer that `make demo` (or `python -m apt_jax.demo --config full`) left in --workdir, makes
+the demo's demonstrations (300 episodes, seed 0) under the probe, trains --recipe for --steps VLA steps (two-stage
+recipes split them as the experiment does) and rolls it out for 20 steps on --episodes scenes of each split.
+Probes (each changes one thing of the demo's task; `base` changes nothing):
+  goal_in_state  the state also holds the current goal's (x, y) (the target object, then once held the target
+                 container): the policy need not see or read anything, only move. Tests the motor half.
+  one_object     one object, no distractor: finding the only object in the image, no language needed to pick it.
+  fixed_layout   objects always on the same 3 cells (upper row, columns 0, 2, 4) and containers on 3 others (lower
+                 row); which kind sits where is random. Finding things reduces to telling them apart.
+--clean_labels records the noise-free expert action as the label while the noisy one is executed (DART; the demo
+records the executed action).
+Prints {"probe", "recipe", "steps", "batch_size", "train_s", "splits": {split: {"success", "target_grasped",
+"any_held", "n"}}}: "any_held" counts episodes where some object (not necessarily the named one) was held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+from apt_jax.envs import tabletop as T  # noqa: E402
+from apt_jax.models import tokenizer as _tokenizer  # noqa: E402
+from apt_jax.testbed import experiment as E  # noqa: E402
+from apt_jax.testbed import language as L  # noqa: E402
+from apt_jax.testbed import vla  # noqa: E402
+
+PROBES = ("base", "goal_in_state", "one_object", "fixed_layout")
+FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS = np.array([5, 7, 9]), np.array([15, 17, 19])
+
+
+def _goal(state):
+  b = np.arange(state.batch_size)
+  obj, cont = state.obj_pos[b, state.target_obj], state.cont_pos[b, state.target_cont]
+  return np.where((state.held == state.target_obj)[:, None], cont, obj).astype(np.float32)
+
+
+def _fixed_positions(rng, n):
+  free = np.setdiff1d(np.arange(T.GRID * T.GRID), np.concatenate([FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS]))
+  cells = np.concatenate([rng.permutation(FIXED_OBJECT_CELLS), rng.permutation(FIXED_CONTAINER_CELLS),
+                          rng.choice(free, n - 6, replace=False)])
+  return T.cell_centres(cells)
+
+
+@contextlib.contextmanager
+def probe(name: str):
+  """Patches the simulator (and, for goal_in_state, the model's action_dim) for the duration of the probe."""
+  if name not in PROBES:
+    raise ValueError(f"--probe={name!r}; expected one of {PROBES}")
+  saved = dict(observe_state=T.observe_state, NUM_OBJECTS=T.NUM_OBJECTS, _sample_positions=T._sample_positions)
+  model_kwargs = vla.model_kwargs
+  try:
+    if name == "goal_in_state":
+      observe = T.observe_state
+      T.observe_state = lambda s: np.concatenate([observe(s), _goal(s)], axis=-1)
+      # π0 pads the state to action_dim: 5 = dx, dy, grip + 2 zero-padded action dims.
+      vla.model_kwargs = lambda *a, **k: {**model_kwargs(*a, **k), "action_dim": 5}
+    elif name == "one_object":
+      T.NUM_OBJECTS = 1
+    elif name == "fixed_layout":
+      T._sample_positions = _fixed_positions
+    yield
+  finally:
+    for k, v in saved.items():
+      setattr(T, k, v)
+    vla.model_kwargs = model_kwargs
+
+
+def rollout(policy, state, tokens, masks, steps=20, replan=4, seed=0):
+  """-> success, target grasped, any object held: bool [B] each."""
+  n = state.batch_size
+  ok, target, anyh = (np.zeros(n, bool) for _ in range(3))
+  for t in range(0, steps, replan):
+    batch = vla.make_batch(T.render(state, vla.IMAGE_SIZE), T.observe_state(state), tokens, masks)
+    acts = np.asarray(policy(jax.random.key(seed * 1009 + t), batch))
+    for j in range(min(replan, steps - t)):
+      state = T.step(state, acts[:, j, :3])
+      ok |= T.success(state)
+      target |= state.held == state.target_obj
+      anyh |= state.held >= 0
+  return ok, target, anyh
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", default="out/demo", help="a finished demo/full run (vlm_paligemma.npz, tokenizer.model)")
+  p.add_argument("--probe", default="base", choices=PROBES)
+  p.add_argument("--recipe", default="pi0_joint", choices=tuple(E.RECIPES))
+  p.add_argument("--steps", type=int, default=2000)
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--lr", type=float, default=E.DEMO["vla"]["lr"])
+  p.add_argument("--episodes", type=int, default=64)
+  p.add_argument("--splits", default="seen,paraphrase")
+  p.add_argument("--clean_labels", action="store_true")
+  args = p.parse_args(argv)
+  wd = pathlib.Path(args.workdir)
+  npz, tok_path = wd / "vlm_paligemma.npz", wd / "tokenizer.model"
+  for f in (npz, tok_path):
+    if not f.exists():
+      raise FileNotFoundError(f"{f} not found: run `make demo` (or the full testbed) with --workdir {wd} first")
+  splits = args.splits.split(",")
+  for s in splits:
+    if s not in L.SPLITS:
+      raise ValueError(f"--splits: unknown split {s!r}; expected some of {L.SPLITS}")
+  cfg = copy.deepcopy(E.DEMO)
+  cfg["vla"].update(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+  cfg["data"]["clean_labels"] = args.clean_labels
+  tokenizer = _tokenizer.PaligemmaTokenizer(str(tok_path), max_len=cfg["size"]["max_token_len"])
+  vocab = max(cfg["tokenizer"]["vocab_size"], tokenizer.vocab_size)
+  with probe(args.probe), tempfile.TemporaryDirectory() as tmp:
+    arrays, meta = E.make_vla_data(cfg, tokenizer, pathlib.Path(tmp))
+    if args.probe == "goal_in_state":   # pad the action chunks to the model's action_dim
+      arrays["actions"] = np.pad(arrays["actions"], ((0, 0), (0, 0), (0, 2)))
+    t = time.time()
+    mc, params, _ = E.run_recipe_seed(cfg, args.recipe, 0, arrays, str(npz), vocab, {}, lambda m: None)
+    train_s = time.time() - t
+    policy = vla.make_policy(mc, params, flow_steps=cfg["size"]["flow_steps"])
+    out = {}
+    for split in splits:
+      tasks = L.eval_tasks(split, args.episodes, seed=0, train_seeds=meta["seeds"], train_pairs=meta["pairs"])
+      state = L.scenes(tasks[0], tasks[1], tasks[3] if len(tasks) > 3 else None)
+      tok = [tokenizer.tokenize(s) for s in tasks[2]]
+      ok, target, anyh = rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]))
+      out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
+                        n=int(len(ok)))
+  print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,
+                        clean_labels=args.clean_labels,
+                        expert_success=meta["expert_success"], train_s=round(train_s, 1), splits=out)))
+
+
+if __name__ == "__main__":
+  main()
