@@ -1,7 +1,7 @@
 """Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop, as JSON.
 
     .venv/bin/python benchmarks/testbed_diagnostics.py --workdir out/demo [--probe base] [--recipe pi0_joint]
-        [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--clean_labels]
+        [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--clean_labels] [--seed 0]
 
 Reads the VLM npz and tokenizer that `make demo` (or `python -m apt_jax.demo --config full`) left in --workdir, makes
 the demo's demonstrations (300 episodes, seed 0) under the probe, trains --recipe for --steps VLA steps (two-stage
@@ -109,6 +109,7 @@ def main(argv=None):
   p.add_argument("--episodes", type=int, default=64)
   p.add_argument("--splits", default="seen,paraphrase")
   p.add_argument("--clean_labels", action="store_true")
+  p.add_argument("--seed", type=int, default=0, help="training seed and evaluation scenes (the demo's data either way)")
   args = p.parse_args(argv)
   wd = pathlib.Path(args.workdir)
   npz, tok_path = wd / "vlm_paligemma.npz", wd / "tokenizer.model"
@@ -129,19 +130,20 @@ def main(argv=None):
     if args.probe == "goal_in_state":   # pad the action chunks to the model's action_dim
       arrays["actions"] = np.pad(arrays["actions"], ((0, 0), (0, 0), (0, 2)))
     t = time.time()
-    mc, params, _ = E.run_recipe_seed(cfg, args.recipe, 0, arrays, str(npz), vocab, {}, lambda m: None)
+    mc, params, _ = E.run_recipe_seed(cfg, args.recipe, args.seed, arrays, str(npz), vocab, {}, lambda m: None)
     train_s = time.time() - t
     policy = vla.make_policy(mc, params, flow_steps=cfg["size"]["flow_steps"])
     out = {}
     for split in splits:
-      tasks = L.eval_tasks(split, args.episodes, seed=0, train_seeds=meta["seeds"], train_pairs=meta["pairs"])
+      tasks = L.eval_tasks(split, args.episodes, seed=args.seed, train_seeds=meta["seeds"], train_pairs=meta["pairs"])
       state = L.scenes(tasks[0], tasks[1], tasks[3] if len(tasks) > 3 else None)
       tok = [tokenizer.tokenize(s) for s in tasks[2]]
-      ok, target, anyh = rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]))
+      ok, target, anyh = rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]),
+                                 seed=args.seed)
       out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
                         n=int(len(ok)))
   print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,
-                        clean_labels=args.clean_labels,
+                        clean_labels=args.clean_labels, seed=args.seed,
                         expert_success=meta["expert_success"], train_s=round(train_s, 1), splits=out)))
 
 
