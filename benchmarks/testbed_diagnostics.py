@@ -34,7 +34,6 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
 
 from apt_jax.envs import tabletop as T  # noqa: E402
 from apt_jax.models import tokenizer as _tokenizer  # noqa: E402
@@ -44,12 +43,6 @@ from apt_jax.testbed import vla  # noqa: E402
 
 PROBES = ("base", "goal_in_state", "one_object", "fixed_layout")
 FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS = np.array([5, 7, 9]), np.array([15, 17, 19])
-
-
-def _goal(state):
-  b = np.arange(state.batch_size)
-  obj, cont = state.obj_pos[b, state.target_obj], state.cont_pos[b, state.target_cont]
-  return np.where((state.held == state.target_obj)[:, None], cont, obj).astype(np.float32)
 
 
 def _fixed_positions(rng, n):
@@ -69,7 +62,7 @@ def probe(name: str):
   try:
     if name == "goal_in_state":
       observe = T.observe_state
-      T.observe_state = lambda s: np.concatenate([observe(s), _goal(s)], axis=-1)
+      T.observe_state = lambda s: np.concatenate([observe(s), T.goal(s).astype(np.float32)], axis=-1)
       # π0 pads the state to action_dim: 5 = dx, dy, grip + 2 zero-padded action dims.
       vla.model_kwargs = lambda *a, **k: {**model_kwargs(*a, **k), "action_dim": 5}
     elif name == "one_object":
@@ -81,21 +74,6 @@ def probe(name: str):
     for k, v in saved.items():
       setattr(T, k, v)
     vla.model_kwargs = model_kwargs
-
-
-def rollout(policy, state, tokens, masks, steps=20, replan=4, seed=0):
-  """-> success, target grasped, any object held: bool [B] each."""
-  n = state.batch_size
-  ok, target, anyh = (np.zeros(n, bool) for _ in range(3))
-  for t in range(0, steps, replan):
-    batch = vla.make_batch(T.render(state, vla.IMAGE_SIZE), T.observe_state(state), tokens, masks)
-    acts = np.asarray(policy(jax.random.key(seed * 1009 + t), batch))
-    for j in range(min(replan, steps - t)):
-      state = T.step(state, acts[:, j, :3])
-      ok |= T.success(state)
-      target |= state.held == state.target_obj
-      anyh |= state.held >= 0
-  return ok, target, anyh
 
 
 def main(argv=None):
@@ -138,8 +116,9 @@ def main(argv=None):
       tasks = L.eval_tasks(split, args.episodes, seed=args.seed, train_seeds=meta["seeds"], train_pairs=meta["pairs"])
       state = L.scenes(tasks[0], tasks[1], tasks[3] if len(tasks) > 3 else None)
       tok = [tokenizer.tokenize(s) for s in tasks[2]]
-      ok, target, anyh = rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]),
-                                 seed=args.seed)
+      ok, target, anyh = vla.rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]),
+                                     steps=20, replan=4, seed=args.seed, chunk=len(tok), return_grasp=True,
+                                     return_any_held=True)
       out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
                         n=int(len(ok)))
   print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,

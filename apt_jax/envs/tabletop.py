@@ -184,14 +184,20 @@ def render(state: State, size: int = IMAGE_SIZE) -> np.ndarray:
   return img
 
 
+def goal(state: State) -> np.ndarray:
+  """[B, 2] where the expert heads: the target object, or once it is held the target container."""
+  b = np.arange(state.batch_size)
+  return np.where((state.held == state.target_obj)[:, None], state.cont_pos[b, state.target_cont],
+                  state.obj_pos[b, state.target_obj])
+
+
 def expert_action(state: State, rng=None, noise: float = 0.0) -> np.ndarray:
   """Scripted expert [B, 3]: go to the target object, close, carry it to the target container, open."""
   b = np.arange(state.batch_size)
   obj = state.obj_pos[b, state.target_obj]
   cont = state.cont_pos[b, state.target_cont]
   holding_target = state.held == state.target_obj
-  goal = np.where(holding_target[:, None], cont, obj)
-  delta = goal - state.gripper
+  delta = goal(state) - state.gripper
   dist = np.linalg.norm(delta, axis=-1)
   move = delta / MAX_STEP
   norm = np.maximum(np.abs(move).max(-1, keepdims=True), 1.0)

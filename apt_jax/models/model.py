@@ -125,7 +125,7 @@ class BaseModelConfig(abc.ABC):
   action_horizon: int
   max_token_len: int
   # Cameras the model reads, in prefix order, and the resolution images are resized (with padding) to. openpi's
-  # defaults; the CPU testbed uses one camera at its native 64x64.
+  # defaults; the CPU testbed uses one camera at its native 80x80.
   image_keys: tuple[str, ...] = IMAGE_KEYS
   image_resolution: tuple[int, int] = IMAGE_RESOLUTION
 

@@ -160,17 +160,16 @@ def make_policy(model_config, params, *, flow_steps: int = 5):
 
 
 def rollout(policy, state: T.State, tokens, mask, *, steps: int = 32, replan: int = 4, seed: int = 0,
-            image_size: int = IMAGE_SIZE, chunk: int = 64, return_grasp: bool = False):
-  """Closed-loop batched rollout: sample an action chunk, execute `replan` actions, repeat. -> success [B] (and,
-  with return_grasp, whether the target object was ever held [B]: the grounding half of the task)."""
+            image_size: int = IMAGE_SIZE, chunk: int = 64, return_grasp: bool = False, return_any_held: bool = False):
+  """Closed-loop batched rollout: sample an action chunk, execute `replan` actions, repeat. -> success [B], then,
+  with return_grasp, whether the target object was ever held [B] (the grounding half of the task) and, with
+  return_any_held, whether any object was ever held [B]."""
   n = state.batch_size
-  out, grasp = np.zeros(n, bool), np.zeros(n, bool)
+  out, grasp, any_held = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
   for lo in range(0, n, chunk):
     idx = np.arange(lo, min(n, lo + chunk))
     s = state.index(idx)
     pad = chunk - len(idx)  # fixed batch shape: one compilation
-    done = np.zeros(len(idx), bool)
-    held = np.zeros(len(idx), bool)
     for t in range(0, steps, replan):
       img = T.render(s, image_size)
       st, tk, mk = T.observe_state(s), tokens[idx], mask[idx]
@@ -180,7 +179,9 @@ def rollout(policy, state: T.State, tokens, mask, *, steps: int = 32, replan: in
       acts = np.asarray(policy(jax.random.key(seed * 100_003 + lo * 1009 + t), make_batch(*arrs)))[: len(idx)]
       for j in range(min(replan, steps - t)):
         s = T.step(s, acts[:, j])
-        done |= T.success(s)
-        held |= s.held == s.target_obj
-    out[idx], grasp[idx] = done, held
-  return (out, grasp) if return_grasp else out
+        out[idx] |= T.success(s)
+        grasp[idx] |= s.held == s.target_obj
+        any_held[idx] |= s.held >= 0
+  if not (return_grasp or return_any_held):
+    return out
+  return (out,) + ((grasp,) if return_grasp else ()) + ((any_held,) if return_any_held else ())

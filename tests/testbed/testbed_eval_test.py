@@ -63,3 +63,14 @@ def test_rollout_reports_target_grasp():
   assert grasp.all() and not ok.any()
   ok, grasp = vla.rollout(_policy([0, 0, -1]), s, tok, mask, steps=4, replan=4, return_grasp=True)
   assert not grasp.any()
+
+
+def test_rollout_reports_a_distractor_grasp_as_held_not_target():
+  s = T.reset([11, 12])
+  b = np.arange(2)
+  other = (s.target_obj + 1) % s.obj_pos.shape[1]
+  s.gripper = s.obj_pos[b, other].copy()          # gripper on a distractor, open
+  tok, mask = np.zeros((2, 16), np.int32), np.ones((2, 16), bool)
+  ok, grasp, held = vla.rollout(_policy([0, 0, 1]), s, tok, mask, steps=4, replan=4, return_grasp=True,
+                                return_any_held=True)
+  assert held.all() and not grasp.any() and not ok.any()
