@@ -1,21 +1,23 @@
 """Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop, as JSON.
 
     .venv/bin/python benchmarks/testbed_diagnostics.py --workdir out/demo [--probe base] [--recipe pi0_joint]
-        [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--clean_labels] [--seed 0]
+        [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--layout fixed]
+        [--clean_labels 1] [--stage2_prefix_mask prefix_lm] [--fusion_gate tanh_zero_proj] [--seed 0]
 
 Reads the VLM npz and tokenizer that `make demo` (or `python -m apt_jax.demo --config full`) left in --workdir, makes
 the demo's demonstrations (300 episodes, seed 0) under the probe, trains --recipe for --steps VLA steps (two-stage
 recipes split them as the experiment does) and rolls it out for 20 steps on --episodes scenes of each split.
-Probes (each changes one thing of the demo's task; `base` changes nothing):
+--layout (tabletop.LAYOUTS) and --clean_labels (1: the noise-free expert action is the label while the noisy one is
+executed, DART; 0: the executed action) default to the demo's config (fixed, 1); sessions 1-4 ran `random`, 0.
+--stage2_prefix_mask and --fusion_gate (Pi0Config's) also default to the demo's (prefix_lm, tanh_zero_proj).
+Probes (each changes one thing of the task; `base` changes nothing):
   goal_in_state  the state also holds the current goal's (x, y) (the target object, then once held the target
                  container): the policy need not see or read anything, only move. Tests the motor half.
   one_object     one object, no distractor: finding the only object in the image, no language needed to pick it.
-  fixed_layout   objects always on the same 3 cells (upper row, columns 0, 2, 4) and containers on 3 others (lower
-                 row); which kind sits where is random. Finding things reduces to telling them apart.
---clean_labels records the noise-free expert action as the label while the noisy one is executed (DART; the demo
-records the executed action).
-Prints {"probe", "recipe", "steps", "batch_size", "train_s", "splits": {split: {"success", "target_grasped",
-"any_held", "n"}}}: "any_held" counts episodes where some object (not necessarily the named one) was held.
+(The earlier `fixed_layout` probe is now `--layout fixed`, the testbed's default.)
+Prints {"probe", "recipe", "steps", "batch_size", "layout", "clean_labels", "train_s", "splits": {split:
+{"success", "target_grasped", "any_held", "n"}}}: "any_held" counts episodes where some object (not necessarily the
+named one) was held.
 """
 
 from __future__ import annotations
@@ -36,20 +38,13 @@ sys.path.insert(0, str(REPO))
 
 
 from apt_jax.envs import tabletop as T  # noqa: E402
+from apt_jax.models import gemma as _gemma  # noqa: E402
 from apt_jax.models import tokenizer as _tokenizer  # noqa: E402
 from apt_jax.testbed import experiment as E  # noqa: E402
 from apt_jax.testbed import language as L  # noqa: E402
 from apt_jax.testbed import vla  # noqa: E402
 
-PROBES = ("base", "goal_in_state", "one_object", "fixed_layout")
-FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS = np.array([5, 7, 9]), np.array([15, 17, 19])
-
-
-def _fixed_positions(rng, n):
-  free = np.setdiff1d(np.arange(T.GRID * T.GRID), np.concatenate([FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS]))
-  cells = np.concatenate([rng.permutation(FIXED_OBJECT_CELLS), rng.permutation(FIXED_CONTAINER_CELLS),
-                          rng.choice(free, n - 6, replace=False)])
-  return T.cell_centres(cells)
+PROBES = ("base", "goal_in_state", "one_object")
 
 
 @contextlib.contextmanager
@@ -57,7 +52,7 @@ def probe(name: str):
   """Patches the simulator (and, for goal_in_state, the model's action_dim) for the duration of the probe."""
   if name not in PROBES:
     raise ValueError(f"--probe={name!r}; expected one of {PROBES}")
-  saved = dict(observe_state=T.observe_state, NUM_OBJECTS=T.NUM_OBJECTS, _sample_positions=T._sample_positions)
+  saved = dict(observe_state=T.observe_state, NUM_OBJECTS=T.NUM_OBJECTS)
   model_kwargs = vla.model_kwargs
   try:
     if name == "goal_in_state":
@@ -67,8 +62,6 @@ def probe(name: str):
       vla.model_kwargs = lambda *a, **k: {**model_kwargs(*a, **k), "action_dim": 5}
     elif name == "one_object":
       T.NUM_OBJECTS = 1
-    elif name == "fixed_layout":
-      T._sample_positions = _fixed_positions
     yield
   finally:
     for k, v in saved.items():
@@ -86,7 +79,10 @@ def main(argv=None):
   p.add_argument("--lr", type=float, default=E.DEMO["vla"]["lr"])
   p.add_argument("--episodes", type=int, default=64)
   p.add_argument("--splits", default="seen,paraphrase")
-  p.add_argument("--clean_labels", action="store_true")
+  p.add_argument("--layout", default=E.DEMO["data"]["layout"], choices=T.LAYOUTS)
+  p.add_argument("--clean_labels", type=int, default=int(E.DEMO["data"]["clean_labels"]), choices=(0, 1))
+  p.add_argument("--stage2_prefix_mask", default=E.SIZE["stage2_prefix_mask"], choices=("causal", "prefix_lm"))
+  p.add_argument("--fusion_gate", default=E.SIZE["fusion_gate"], choices=_gemma.FUSION_GATES)
   p.add_argument("--seed", type=int, default=0, help="training seed and evaluation scenes (the demo's data either way)")
   args = p.parse_args(argv)
   wd = pathlib.Path(args.workdir)
@@ -100,7 +96,8 @@ def main(argv=None):
       raise ValueError(f"--splits: unknown split {s!r}; expected some of {L.SPLITS}")
   cfg = copy.deepcopy(E.DEMO)
   cfg["vla"].update(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-  cfg["data"]["clean_labels"] = args.clean_labels
+  cfg["data"].update(clean_labels=bool(args.clean_labels), layout=args.layout)
+  cfg["size"].update(stage2_prefix_mask=args.stage2_prefix_mask, fusion_gate=args.fusion_gate)
   tokenizer = _tokenizer.PaligemmaTokenizer(str(tok_path), max_len=cfg["size"]["max_token_len"])
   vocab = max(cfg["tokenizer"]["vocab_size"], tokenizer.vocab_size)
   with probe(args.probe), tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +111,7 @@ def main(argv=None):
     out = {}
     for split in splits:
       tasks = L.eval_tasks(split, args.episodes, seed=args.seed, train_seeds=meta["seeds"], train_pairs=meta["pairs"])
-      state = L.scenes(tasks[0], tasks[1], tasks[3] if len(tasks) > 3 else None)
+      state = L.scenes(tasks[0], tasks[1], tasks[3] if len(tasks) > 3 else None, layout=args.layout)
       tok = [tokenizer.tokenize(s) for s in tasks[2]]
       ok, target, anyh = vla.rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]),
                                      steps=20, replan=4, seed=args.seed, chunk=len(tok), return_grasp=True,
@@ -122,7 +119,8 @@ def main(argv=None):
       out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
                         n=int(len(ok)))
   print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,
-                        clean_labels=args.clean_labels, seed=args.seed,
+                        layout=args.layout, clean_labels=bool(args.clean_labels),
+                        stage2_prefix_mask=args.stage2_prefix_mask, fusion_gate=args.fusion_gate, seed=args.seed,
                         expert_success=meta["expert_success"], train_s=round(train_s, 1), splits=out)))
 
 

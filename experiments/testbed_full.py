@@ -22,6 +22,6 @@ def get_config(arg=None):
   c["seeds"] = (0, 1, 2)
   c["data"].update(episodes=600)
   c["vlm"].update(scenes=6000, steps=4000, batch_size=48)
-  c["vla"].update(steps=5000, batch_size=32)
+  c["vla"].update(steps=10000, batch_size=16)
   c["eval"].update(episodes_per_split=40)
   return c

@@ -1,10 +1,14 @@
 """A small, fast, deterministic 2-D tabletop simulator (NumPy), vectorised over a batch of scenes.
 
 Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape) and the 3 containers (bowl, box, plate), each
-placed at the centre of a distinct cell of a GRID x GRID board over the unit square. Rendered top-down to uint8 RGB
-[B, S, S, 3] (S = IMAGE_SIZE = 16 px per cell by default). A cell is one 16-px patch of the testbed's SigLIP, so
-"where is the red block" is "which image token": the question a tiny model can learn on a CPU budget (with free
-positions, sub-patch localisation took >10k steps and the policies never used the image).
+placed at the centre of a distinct cell of a GRID x GRID board over the unit square. Layouts (`LAYOUTS`):
+  "random"  every entity on a random distinct cell (the VLM corpus: diverse scenes);
+  "fixed"   LIBERO-like: the objects always on FIXED_OBJECT_CELLS and the containers on FIXED_CONTAINER_CELLS, which
+            kind sits on which cell random; the gripper starts on a random free cell. Vision alone still cannot tell
+            which object is meant; finding things reduces to telling them apart (the robot data's layout).
+Rendered top-down to uint8 RGB [B, S, S, 3] (S = IMAGE_SIZE = 16 px per cell by default). A cell is one 16-px
+patch of the testbed's SigLIP, so "where is the red block" is "which image token": the question a tiny model can learn
+on a CPU budget (with free positions, sub-patch localisation took >10k steps and the policies never used the image).
 
 State (3): gripper x, y in [0, 1] and gripper closure (0 open, 1 closed).
 Action (3): dx, dy in [-1, 1] (scaled by MAX_STEP) and a gripper command (> 0 close, <= 0 open).
@@ -34,6 +38,9 @@ OBJECT_RADIUS = 0.05
 MAX_EPISODE_STEPS = 20
 GRID = 5
 IMAGE_SIZE = 16 * GRID
+LAYOUTS = ("random", "fixed")
+# Upper row, columns 0, 2, 4 and lower row, same columns (row-major cell indices).
+FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS = (5, 7, 9), (15, 17, 19)
 
 
 @dataclasses.dataclass
@@ -70,23 +77,36 @@ def cell_centres(cells) -> np.ndarray:
   return (np.stack([cells % GRID, cells // GRID], axis=-1) + 0.5) / GRID
 
 
-def _sample_positions(rng, n):
-  """n distinct board cells' centres [n, 2] (deterministic given rng; neighbours are 1 / GRID = 0.2 apart)."""
+def _sample_positions(rng, n, layout="random"):
+  """Centres [n, 2] of n distinct board cells: NUM_OBJECTS objects, the containers, then the gripper (deterministic
+  given rng; neighbours are 1 / GRID = 0.2 apart)."""
   if n > GRID * GRID:
     raise ValueError(f"cannot place {n} entities on a {GRID}x{GRID} board")
-  return cell_centres(rng.choice(GRID * GRID, n, replace=False))
+  if layout == "random":
+    return cell_centres(rng.choice(GRID * GRID, n, replace=False))
+  if layout != "fixed":
+    raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
+  n_obj = n - len(CONTAINERS) - 1
+  if n_obj > len(FIXED_OBJECT_CELLS):
+    raise ValueError(f"the fixed layout has {len(FIXED_OBJECT_CELLS)} object cells, not {n_obj}")
+  fixed = FIXED_OBJECT_CELLS + FIXED_CONTAINER_CELLS
+  free = np.setdiff1d(np.arange(GRID * GRID), fixed)
+  objects = rng.permutation(FIXED_OBJECT_CELLS)
+  cells = np.concatenate([objects[:n_obj], rng.permutation(FIXED_CONTAINER_CELLS), rng.choice(free, 1, replace=False)])
+  return cell_centres(cells)
 
 
-def reset_one(seed: int, kinds=None, target=None) -> State:
+def reset_one(seed: int, kinds=None, target=None, layout: str = "random") -> State:
   """One scene from an integer seed. kinds: optional 3 object kinds; target: optional (kind, container index)
-  forcing the target (its kind is placed in the scene). Deterministic given the arguments."""
+  forcing the target (its kind is placed in the scene); layout: one of LAYOUTS. Deterministic given the arguments;
+  the object kinds do not depend on the layout."""
   rng = np.random.default_rng(seed)
   if kinds is None:
     kinds = rng.choice(len(OBJECTS), NUM_OBJECTS, replace=False)
     if target is not None and target[0] not in kinds:
       kinds[rng.integers(NUM_OBJECTS)] = target[0]
   kinds = np.asarray(kinds)
-  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1)
+  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, layout)
   if target is None:
     t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
   else:
@@ -97,10 +117,10 @@ def reset_one(seed: int, kinds=None, target=None) -> State:
                target_obj=np.array([t_obj]), target_cont=np.array([t_cont]))
 
 
-def reset(seeds, targets=None) -> State:
+def reset(seeds, targets=None, layout: str = "random") -> State:
   """Batched reset: one scene per seed (targets: optional list of (kind, container) or None per seed)."""
   targets = targets if targets is not None else [None] * len(seeds)
-  return State.concat([reset_one(int(s), target=t) for s, t in zip(seeds, targets)])
+  return State.concat([reset_one(int(s), target=t, layout=layout) for s, t in zip(seeds, targets)])
 
 
 def target_pair(state: State) -> np.ndarray:

@@ -7,10 +7,15 @@ APT (`apt_stage`):
   "none"   plain π0 joint training (openpi).
   "stage1" VA prior: the prompt is dropped from the sequence (numerically the same as masking it out of every
            attention, positions included); the VLM is frozen and its prefix runs once, outside the backward pass.
-  "stage2" VA prior + VLA likelihood: the prompt is back in the prefix, but images and the inherited expert
-           self-attention still never see it (so the prior's inputs are unchanged); every expert layer gets a gated
-           cross-attention sublayer (`fusion_1`) through which state/action tokens read the VLM's language-token
-           keys/values of the same layer. With the tanh gate at 0 the model equals its Stage 1 parent exactly.
+  "stage2" VA prior + VLA likelihood: the prompt is back in the prefix, but the inherited expert self-attention
+           still never sees it; every expert layer gets a gated cross-attention sublayer (`fusion_1`) through which
+           state/action tokens read the VLM's language-token keys/values of the same layer. `stage2_prefix_mask`:
+             "causal"    images never attend to the prompt (as in a causal VLM such as the paper's Qwen3-VL), so the
+                         prior's inputs are unchanged and with the gate shut the model equals its Stage 1 parent
+                         exactly;
+             "prefix_lm" PaliGemma's own prefix-LM mask: images and prompt attend to each other, so the VLM grounds
+                         the instruction in the image tokens as it was pretrained to; the prior's inputs move by the
+                         prompt's effect on the image features (Stage 2 at init != Stage 1).
 
 Objective (`objective`): "flow" is openpi's flow matching (t=1 noise, 10 Euler steps), unchanged; "ddim" is the APT
 paper's ε-prediction DDPM/DDIM (objectives.Ddim: T=100, squaredcos_cap_v2, weighted L1, 20 DDIM steps), with the
@@ -80,6 +85,8 @@ class Pi0Config(_model.BaseModelConfig):
   # APT.
   apt_stage: AptStage = "none"
   fusion_gate: _gemma.FusionGate = "tanh"
+  # Stage 2: may image tokens attend to the prompt? "causal" (no) or "prefix_lm" (PaliGemma's mask); see above.
+  stage2_prefix_mask: Literal["causal", "prefix_lm"] = "causal"
   # None: trainable for "none", frozen for "stage1" (required) and "stage2" (the paper's default).
   vlm_trainable: bool | None = None
   # None: 1.0 for "none" (openpi's joint training uses one learning rate), 0.1 for APT stages with a trainable VLM.
@@ -102,8 +109,10 @@ class Pi0Config(_model.BaseModelConfig):
     set_("paligemma_variant", _gemma.get_config(_freeze(self.paligemma_variant)))
     set_("action_expert_variant", _gemma.get_config(_freeze(self.action_expert_variant)))
     set_("siglip_variant", _siglip.get_config(_freeze(self.siglip_variant)))
-    if self.fusion_gate not in ("tanh", "sigmoid"):
-      raise ValueError(f"fusion_gate={self.fusion_gate!r}; expected 'tanh' or 'sigmoid'")
+    if self.fusion_gate not in _gemma.FUSION_GATES:
+      raise ValueError(f"fusion_gate={self.fusion_gate!r}; expected one of {_gemma.FUSION_GATES}")
+    if self.stage2_prefix_mask not in ("causal", "prefix_lm"):
+      raise ValueError(f"stage2_prefix_mask={self.stage2_prefix_mask!r}; expected 'causal' or 'prefix_lm'")
     set_("loss_weights", _objectives.normalize_loss_weights(self.loss_weights))
     _objectives.validate(self.objective, self.loss_weights, self.action_dim, self.ddim_loss)
     _model.resolve_apt_options(self)
@@ -201,8 +210,9 @@ class Pi0Module(nn.Module):
       n = lang.shape[1]
       tokens.append(lang)
       masks.append(obs.tokenized_prompt_mask)
-      # Stage 2: the prompt starts a new block, so image tokens never attend to it (as in Stage 1).
-      ar += [self.config.apt_stage == "stage2"] + [False] * (n - 1)
+      # Stage 2, "causal": the prompt starts a new block, so image tokens never attend to it (as in Stage 1).
+      causal = self.config.apt_stage == "stage2" and self.config.stage2_prefix_mask == "causal"
+      ar += [causal] + [False] * (n - 1)
       is_lang += [True] * n
     return Prefix(jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1), jnp.array(ar), jnp.array(is_lang))
 

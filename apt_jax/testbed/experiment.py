@@ -35,21 +35,27 @@ RECIPES = {
                        label="APT S1→S2, VLM fine-tuned"),
     "ki": dict(two_stage=False, vlm_trainable=True, knowledge_insulation=True, label="KI only (one stage)"),
     "ki_2stage": dict(two_stage=True, vlm_trainable=True, knowledge_insulation=True, label="KI + APT S1→S2"),
+    # Ablation of the testbed's one departure from the exact-preservation design (SIZE["stage2_prefix_mask"]).
+    "apt_frozen_causal": dict(two_stage=True, vlm_trainable=False, knowledge_insulation=False,
+                              size=dict(stage2_prefix_mask="causal"),
+                              label="APT S1→S2, frozen VLM, images blind to the prompt"),
 }
 
 # 4 query = 4 KV heads: with MQA (1 KV head of 16) the frozen VLM's values kept too little of an object's cell for
-# the expert to read (linear probe, README).
+# the expert to read (linear probe, README). Stage 2 (README, Results): PaliGemma's prefix-LM mask, so the frozen
+# VLM grounds the prompt in the image tokens ("causal" hid it from them: named-object grasps at chance), and the
+# zero-projection tanh gate ("tanh" at α = 0 opened to 0.04 in 3000 steps: the language path stayed unused).
 SIZE = dict(vlm_width=64, expert_width=32, depth=2, num_heads=4, num_kv_heads=4, head_dim=16, siglip_width=32,
-            siglip_depth=1, patch_size=16,
-            action_horizon=8, max_token_len=16, flow_steps=5)
+            siglip_depth=1, patch_size=16, action_horizon=8, max_token_len=16, flow_steps=5,
+            stage2_prefix_mask="prefix_lm", fusion_gate="tanh_zero_proj")
 
 DEMO = dict(
-    size=SIZE, seeds=(0, 1, 2), recipes=tuple(RECIPES),
-    data=dict(episodes=300, episode_len=16, expert_noise=0.3),
+    size=SIZE, seeds=(0, 1), recipes=tuple(RECIPES),
+    data=dict(episodes=300, episode_len=16, expert_noise=0.3, layout="fixed", clean_labels=True),
     tokenizer=dict(vocab_size=256),
     vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=3e-3, prefix_len=20,
              suffix_len=12, curriculum=corpus.CURRICULUM),
-    vla=dict(steps=2000, batch_size=16, lr=2e-3),
+    vla=dict(steps=4000, batch_size=16, lr=2e-3),
     eval=dict(episodes_per_split=24, max_steps=20, replan=4),
 )
 
@@ -70,10 +76,10 @@ def make_vla_data(cfg: dict, tokenizer, workdir: pathlib.Path):
   action chunks; norm stats (RunningStats) saved to <workdir>/norm_stats.json."""
   d, size = cfg["data"], cfg["size"]
   seeds, pairs, instr = L.training_tasks(d["episodes"], seed=0)
-  state = L.scenes(seeds, pairs)
+  state = L.scenes(seeds, pairs, layout=d["layout"])
   rng = np.random.default_rng(0)
   imgs, states, acts, ok, _ = T.rollout_expert(state, d["episode_len"], rng=rng, noise=d["expert_noise"],
-                                               size=vla.IMAGE_SIZE, clean_labels=d.get("clean_labels", False))
+                                               size=vla.IMAGE_SIZE, clean_labels=d["clean_labels"])
   ah = size["action_horizon"]
   n_t, n_e = acts.shape[:2]
   # Chunks: actions t..t+AH-1, padded with the last action at the end of the episode.
@@ -96,9 +102,9 @@ def make_vla_data(cfg: dict, tokenizer, workdir: pathlib.Path):
 
 def _model_kw(cfg, vocab, stage, recipe):
   r = RECIPES[recipe]
-  if stage == "stage1":
+  if stage == "stage1":   # Stage 1 options are the same for every two-stage recipe (it is shared).
     return vla.model_kwargs(cfg["size"], apt_stage="stage1", vlm_trainable=False, vocab_size=vocab)
-  return vla.model_kwargs(cfg["size"], apt_stage=stage, vlm_trainable=r["vlm_trainable"],
+  return vla.model_kwargs({**cfg["size"], **r.get("size", {})}, apt_stage=stage, vlm_trainable=r["vlm_trainable"],
                           knowledge_insulation=r["knowledge_insulation"], vocab_size=vocab)
 
 
@@ -134,7 +140,7 @@ def eval_sets(cfg, tokenizer, train_meta, seed):
     out = L.eval_tasks(split, e["episodes_per_split"], seed=seed, train_seeds=train_meta["seeds"],
                        train_pairs=train_meta["pairs"])
     seeds, pairs, instr = out[:3]
-    state = L.scenes(seeds, pairs, out[3] if len(out) > 3 else None)
+    state = L.scenes(seeds, pairs, out[3] if len(out) > 3 else None, layout=cfg["data"]["layout"])
     tok = [tokenizer.tokenize(s) for s in instr]
     sets[split] = (state, np.stack([t for t, _ in tok]), np.stack([m for _, m in tok]), instr)
   return sets

@@ -69,7 +69,7 @@ def eval_tasks(split: str, num_episodes: int, seed: int = 0, train_seeds=None, t
     seeds, pairs, scene_pairs = [], [], []
     order = rng.permutation(len(train_seeds))
     for j in order:
-      scene = T.reset_one(train_seeds[j], target=train_pairs[j])
+      scene = T.reset_one(train_seeds[j], target=train_pairs[j])   # its object kinds: the same in every layout
       orig = tuple(T.target_pair(scene)[0])
       options = [(int(k), c) for k in scene.obj_kind[0] for c in range(len(T.CONTAINERS))
                  if (int(k), c) in TRAIN_PAIRS and (int(k), c) != orig and int(k) != orig[0]]
@@ -84,9 +84,9 @@ def eval_tasks(split: str, num_episodes: int, seed: int = 0, train_seeds=None, t
   raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
-def scenes(seeds, pairs, scene_pairs=None) -> T.State:
-  """Scenes built as reset(seeds, scene_pairs) (default: pairs), then retargeted to `pairs`."""
-  state = T.reset(seeds, targets=scene_pairs if scene_pairs is not None else pairs)
+def scenes(seeds, pairs, scene_pairs=None, layout: str = "random") -> T.State:
+  """Scenes built as reset(seeds, scene_pairs, layout) (default: pairs), then retargeted to `pairs`."""
+  state = T.reset(seeds, targets=scene_pairs if scene_pairs is not None else pairs, layout=layout)
   for i, (k, c) in enumerate(pairs):
     state.target_obj[i] = int(np.flatnonzero(state.obj_kind[i] == k)[0])
     state.target_cont[i] = c

@@ -32,6 +32,7 @@ def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_
   heads, kv_heads, head_dim = size.get("num_heads", 2), size.get("num_kv_heads", 1), size.get("head_dim", 16)
   return dict(
       apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation,
+      fusion_gate=size.get("fusion_gate", "tanh"), stage2_prefix_mask=size.get("stage2_prefix_mask", "causal"),
       dtype="float32", action_dim=3, action_horizon=size["action_horizon"], max_token_len=size["max_token_len"],
       vocab_size=vocab_size, num_steps=size.get("flow_steps", 5), remat_policy="none",
       paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],

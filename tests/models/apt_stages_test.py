@@ -78,9 +78,9 @@ def test_stage1_dropping_language_equals_masking_it(stage1):
     np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("vlm_trainable", [False, True])
-def test_stage2_at_init_equals_stage1(stage1, vlm_trainable):
-  s2 = stage2_from(stage1, vlm_trainable=vlm_trainable)
+@pytest.mark.parametrize("vlm_trainable,fusion_gate", [(False, "tanh"), (True, "tanh"), (False, "tanh_zero_proj")])
+def test_stage2_at_init_equals_stage1(stage1, vlm_trainable, fusion_gate):
+  s2 = stage2_from(stage1, vlm_trainable=vlm_trainable, fusion_gate=fusion_gate)
   assert s2.config.separate_prefix_pass == (not vlm_trainable)
   obs = make_obs()
   for x, y in zip(loss_and_actions(stage1, obs), loss_and_actions(s2, obs)):
@@ -152,3 +152,36 @@ def test_knowledge_insulation_stops_expert_gradient_into_vlm():
 def test_stage1_rejects_trainable_vlm():
   with pytest.raises(ValueError, match="vlm_trainable"):
     config("stage1", vlm_trainable=True)
+
+
+@pytest.mark.parametrize("fusion_gate", ["tanh", "tanh_zero_proj"])
+def test_fusion_output_projection_gradient_at_init(stage1, fusion_gate):
+  """tanh (α = 0): only α gets a gradient at init; tanh_zero_proj (α = 1, projection 0): the projection does too,
+  while q gets none until the projection moves (d out / d q goes through the zero projection)."""
+  grads = _grads(stage2_from(stage1, fusion_gate=fusion_gate))
+  proj, q, gate = (grads[f"PaliGemma/llm/layers/fusion_1/{k}"] for k in ("attn_vec_einsum/w", "q_einsum/w", "gate"))
+  assert not np.any(q)
+  assert np.any(proj) == (fusion_gate == "tanh_zero_proj")
+  assert np.any(gate) == (fusion_gate == "tanh")   # y = 0 under a zero projection: no gradient for α yet
+
+
+def test_stage2_prefix_lm_lets_images_read_the_prompt(stage1):
+  """"prefix_lm": PaliGemma's mask in Stage 2, so the prompt reaches the prior through the image tokens even with the
+  gates shut (unlike "causal", test above); the inherited self-attention of the suffix still has no language keys."""
+  s2 = stage2_from(stage1, stage2_prefix_mask="prefix_lm")
+  a = loss_and_actions(s2, make_obs(prompt_seed=0))
+  b = loss_and_actions(s2, make_obs(prompt_seed=1))
+  assert np.abs(a[0] - b[0]).max() > 1e-4
+  assert not np.asarray(_prefix_ar(s2)).any()   # one bidirectional block: images attend to the prompt
+  assert np.asarray(_prefix_ar(stage2_from(stage1))).sum() == 1   # "causal": the prompt opens a new block
+
+
+def _prefix_ar(model):
+  return model._apply(pi0.Pi0Module.embed_prefix, make_obs()).ar  # noqa: SLF001
+
+
+def test_stage2_prefix_mask_is_validated():
+  with pytest.raises(ValueError, match="stage2_prefix_mask='full'"):
+    config("stage2", stage2_prefix_mask="full")
+  with pytest.raises(ValueError, match="fusion_gate='relu'"):
+    config("stage2", fusion_gate="relu")
