@@ -4,8 +4,9 @@
 
 Renders a 2-D tabletop (apt_jax/envs/tabletop.py), pretrains a tiny PaliGemma on a synonym-rich corpus from the
 same renderer (prefix-LM, saved as a big_vision npz), trains the Table 2 recipes (π0 joint, APT frozen, APT + VLM
-FT, KI, KI + two stages) for 3 seeds on single-template demonstrations, evaluates them closed-loop on the seen /
-paraphrase / compositional / task-perturbation splits, and writes results.{md,json,png} to the workdir.
+FT, KI, KI + two stages, and the Stage 2 mask ablation) on single-template demonstrations in a LIBERO-like fixed
+layout, evaluates them closed-loop on the seen / paraphrase / compositional / task-perturbation splits, and writes
+results.{md,json,png} to the workdir.
 The config is experiments/testbed_demo.py; the longer run is experiments/testbed_full.py.
 """
 

@@ -3,12 +3,11 @@ r"""Laptop-scale APT testbed, the short version that `make demo` runs (issue #7)
   python -m apt_jax.demo --workdir out/demo            # == make demo
   python -m apt_jax.demo --config tiny --workdir /tmp/tb_tiny   # smoke size, ~2 min
 
-Hardware: 2 CPU cores. Budget: <= 15 min in all (corpus + tokenizer, VLM pretraining, 5 recipes x 3 seeds, closed-loop
-evaluation on 4 splits). Measured (2 cores, 2026-11-24): 8.8 min wall (VLM 2500 steps 186 s, recipes + eval 332 s).
-Result at this budget: the noisy scripted expert succeeds on 99.3% of the demonstrations and the VLM grounds
-(held-out exact match on the 25 board cells: refer 0.87, container 0.99, instruction 0.77), but the policies do not
-learn the task: success is 0/72 on every split for every recipe but two single episodes, target grasp 0-10% with
-overlapping intervals. The demo checks the pipeline, not the claim (README, Results).
+Hardware: 2 CPU cores. Budget: <= 15 min in all (corpus + tokenizer, VLM pretraining, 6 recipes x 1 seed x 8000 VLA
+steps, closed-loop evaluation on 4 splits). Measured (2 cores, 2026-11-24): 11.6 min wall (VLM 2500 steps 202 s,
+recipes + eval 481 s). Result (48 episodes per split; README, Results): seen / paraphrase success π0 joint
+0.52 / 0.06, APT S1->S2 with VLM fine-tuning 0.31 / 0.21, APT frozen 0.06 / 0.06. One seed; the 3-seed run
+(experiments/testbed_full.py) is the one to read.
 """
 
 import copy

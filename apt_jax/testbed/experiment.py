@@ -50,13 +50,13 @@ SIZE = dict(vlm_width=64, expert_width=32, depth=2, num_heads=4, num_kv_heads=4,
             stage2_prefix_mask="prefix_lm", fusion_gate="tanh_zero_proj")
 
 DEMO = dict(
-    size=SIZE, seeds=(0, 1), recipes=tuple(RECIPES),
+    size=SIZE, seeds=(0,), recipes=tuple(RECIPES),
     data=dict(episodes=300, episode_len=16, expert_noise=0.3, layout="fixed", clean_labels=True),
     tokenizer=dict(vocab_size=256),
     vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=3e-3, prefix_len=20,
              suffix_len=12, curriculum=corpus.CURRICULUM),
-    vla=dict(steps=4000, batch_size=16, lr=2e-3),
-    eval=dict(episodes_per_split=24, max_steps=20, replan=4),
+    vla=dict(steps=8000, batch_size=16, lr=2e-3),
+    eval=dict(episodes_per_split=48, max_steps=20, replan=4),
 )
 
 
