@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from apt_jax.envs import tabletop as T  # noqa: E402
 from apt_jax.models import gemma as _gemma  # noqa: E402
+from apt_jax.models import pi0 as _pi0  # noqa: E402
 from apt_jax.models import tokenizer as _tokenizer  # noqa: E402
 from apt_jax.testbed import experiment as E  # noqa: E402
 from apt_jax.testbed import language as L  # noqa: E402
@@ -81,7 +82,7 @@ def main(argv=None):
   p.add_argument("--splits", default="seen,paraphrase")
   p.add_argument("--layout", default=E.DEMO["data"]["layout"], choices=T.LAYOUTS)
   p.add_argument("--clean_labels", type=int, default=int(E.DEMO["data"]["clean_labels"]), choices=(0, 1))
-  p.add_argument("--stage2_prefix_mask", default=E.SIZE["stage2_prefix_mask"], choices=("causal", "prefix_lm"))
+  p.add_argument("--stage2_prefix_mask", default=E.SIZE["stage2_prefix_mask"], choices=_pi0.STAGE2_PREFIX_MASKS)
   p.add_argument("--fusion_gate", default=E.SIZE["fusion_gate"], choices=_gemma.FUSION_GATES)
   p.add_argument("--seed", type=int, default=0, help="training seed and evaluation scenes (the demo's data either way)")
   args = p.parse_args(argv)
@@ -96,6 +97,7 @@ def main(argv=None):
       raise ValueError(f"--splits: unknown split {s!r}; expected some of {L.SPLITS}")
   cfg = copy.deepcopy(E.DEMO)
   cfg["vla"].update(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+  cfg["eval"].update(episodes_per_split=args.episodes)
   cfg["data"].update(clean_labels=bool(args.clean_labels), layout=args.layout)
   cfg["size"].update(stage2_prefix_mask=args.stage2_prefix_mask, fusion_gate=args.fusion_gate)
   tokenizer = _tokenizer.PaligemmaTokenizer(str(tok_path), max_len=cfg["size"]["max_token_len"])
@@ -108,14 +110,10 @@ def main(argv=None):
     mc, params, _ = E.run_recipe_seed(cfg, args.recipe, args.seed, arrays, str(npz), vocab, {}, lambda m: None)
     train_s = time.time() - t
     policy = vla.make_policy(mc, params, flow_steps=cfg["size"]["flow_steps"])
-    out = {}
-    for split in splits:
-      tasks = L.eval_tasks(split, args.episodes, seed=args.seed, train_seeds=meta["seeds"], train_pairs=meta["pairs"])
-      state = L.scenes(tasks[0], tasks[1], tasks[3] if len(tasks) > 3 else None, layout=args.layout)
-      tok = [tokenizer.tokenize(s) for s in tasks[2]]
-      ok, target, anyh = vla.rollout(policy, state, np.stack([a for a, _ in tok]), np.stack([m for _, m in tok]),
-                                     steps=20, replan=4, seed=args.seed, chunk=len(tok), return_grasp=True,
-                                     return_any_held=True)
+    out, e = {}, cfg["eval"]
+    for split, (state, tokens, masks, _) in E.eval_sets(cfg, tokenizer, meta, args.seed, splits).items():
+      ok, target, anyh = vla.rollout(policy, state, tokens, masks, steps=e["max_steps"], replan=e["replan"],
+                                     seed=args.seed, chunk=len(tokens), return_grasp=True, return_any_held=True)
       out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
                         n=int(len(ok)))
   print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,

@@ -39,6 +39,8 @@ from apt_jax.models import objectives as _objectives
 from apt_jax.models import siglip as _siglip
 
 AptStage = Literal["none", "stage1", "stage2"]
+Stage2PrefixMask = Literal["causal", "prefix_lm"]
+STAGE2_PREFIX_MASKS = ("causal", "prefix_lm")
 
 
 def make_attn_mask(input_mask, mask_ar):
@@ -86,7 +88,7 @@ class Pi0Config(_model.BaseModelConfig):
   apt_stage: AptStage = "none"
   fusion_gate: _gemma.FusionGate = "tanh"
   # Stage 2: may image tokens attend to the prompt? "causal" (no) or "prefix_lm" (PaliGemma's mask); see above.
-  stage2_prefix_mask: Literal["causal", "prefix_lm"] = "causal"
+  stage2_prefix_mask: Stage2PrefixMask = "causal"
   # None: trainable for "none", frozen for "stage1" (required) and "stage2" (the paper's default).
   vlm_trainable: bool | None = None
   # None: 1.0 for "none" (openpi's joint training uses one learning rate), 0.1 for APT stages with a trainable VLM.
@@ -111,8 +113,8 @@ class Pi0Config(_model.BaseModelConfig):
     set_("siglip_variant", _siglip.get_config(_freeze(self.siglip_variant)))
     if self.fusion_gate not in _gemma.FUSION_GATES:
       raise ValueError(f"fusion_gate={self.fusion_gate!r}; expected one of {_gemma.FUSION_GATES}")
-    if self.stage2_prefix_mask not in ("causal", "prefix_lm"):
-      raise ValueError(f"stage2_prefix_mask={self.stage2_prefix_mask!r}; expected 'causal' or 'prefix_lm'")
+    if self.stage2_prefix_mask not in STAGE2_PREFIX_MASKS:
+      raise ValueError(f"stage2_prefix_mask={self.stage2_prefix_mask!r}; expected one of {STAGE2_PREFIX_MASKS}")
     set_("loss_weights", _objectives.normalize_loss_weights(self.loss_weights))
     _objectives.validate(self.objective, self.loss_weights, self.action_dim, self.ddim_loss)
     _model.resolve_apt_options(self)

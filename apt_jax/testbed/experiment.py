@@ -133,10 +133,11 @@ def run_recipe_seed(cfg, recipe, seed, arrays, npz, vocab, stage1_cache, log):
   return info["model_config"], params, info
 
 
-def eval_sets(cfg, tokenizer, train_meta, seed):
+def eval_sets(cfg, tokenizer, train_meta, seed, splits=L.SPLITS):
+  """-> {split: (scenes, tokens [B, L], masks [B, L], instructions)} for closed-loop evaluation."""
   e = cfg["eval"]
   sets = {}
-  for split in L.SPLITS:
+  for split in splits:
     out = L.eval_tasks(split, e["episodes_per_split"], seed=seed, train_seeds=train_meta["seeds"],
                        train_pairs=train_meta["pairs"])
     seeds, pairs, instr = out[:3]

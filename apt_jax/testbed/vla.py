@@ -30,9 +30,10 @@ IMAGE_SIZE = T.IMAGE_SIZE
 def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256):
   """Pi0Config kwargs of the testbed's tiny π0 (size: dict of vlm_width, expert_width, depth, siglip_width...)."""
   heads, kv_heads, head_dim = size.get("num_heads", 2), size.get("num_kv_heads", 1), size.get("head_dim", 16)
+  # Stage 2 options pass through when `size` sets them; otherwise Pi0Config's defaults apply.
+  stage2 = {k: size[k] for k in ("fusion_gate", "stage2_prefix_mask") if k in size}
   return dict(
-      apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation,
-      fusion_gate=size.get("fusion_gate", "tanh"), stage2_prefix_mask=size.get("stage2_prefix_mask", "causal"),
+      apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation, **stage2,
       dtype="float32", action_dim=3, action_horizon=size["action_horizon"], max_token_len=size["max_token_len"],
       vocab_size=vocab_size, num_steps=size.get("flow_steps", 5), remat_policy="none",
       paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],
