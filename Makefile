@@ -26,8 +26,11 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -q tests
 
+# --resume: a fresh clone runs the whole demo; a second `make demo` reuses what the first finished (all of it, or up
+# to where it was interrupted) instead of deleting ~10 min of results. Start over with `make demo DEMO_FLAGS=--overwrite`.
+DEMO_FLAGS ?= --resume
 demo: venv
-	$(BIN)/python -m apt_jax.demo
+	$(BIN)/python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo $(DEMO_FLAGS)
 
 bench: venv
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

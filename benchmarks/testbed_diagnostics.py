@@ -37,14 +37,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-from apt_jax.envs import tabletop as T  # noqa: E402
+from apt_jax import configs  # noqa: E402
 from apt_jax.models import gemma as _gemma  # noqa: E402
 from apt_jax.models import pi0 as _pi0  # noqa: E402
 from apt_jax.models import tokenizer as _tokenizer  # noqa: E402
 from apt_jax.testbed import experiment as E  # noqa: E402
 from apt_jax.testbed import language as L  # noqa: E402
+from apt_jax.testbed import tabletop as T  # noqa: E402
 from apt_jax.testbed import vla  # noqa: E402
 
+DEMO = configs.load(REPO / "experiments" / "testbed_demo.py")
 PROBES = ("base", "goal_in_state", "one_object")
 
 
@@ -77,13 +79,13 @@ def main(argv=None):
   p.add_argument("--recipe", default="pi0_joint", choices=tuple(E.RECIPES))
   p.add_argument("--steps", type=int, default=2000)
   p.add_argument("--batch_size", type=int, default=16)
-  p.add_argument("--lr", type=float, default=E.DEMO["vla"]["lr"])
+  p.add_argument("--lr", type=float, default=DEMO.vla.lr)
   p.add_argument("--episodes", type=int, default=64)
   p.add_argument("--splits", default="seen,paraphrase")
-  p.add_argument("--layout", default=E.DEMO["data"]["layout"], choices=T.LAYOUTS)
-  p.add_argument("--clean_labels", type=int, default=int(E.DEMO["data"]["clean_labels"]), choices=(0, 1))
-  p.add_argument("--stage2_prefix_mask", default=E.SIZE["stage2_prefix_mask"], choices=_pi0.STAGE2_PREFIX_MASKS)
-  p.add_argument("--fusion_gate", default=E.SIZE["fusion_gate"], choices=_gemma.FUSION_GATES)
+  p.add_argument("--layout", default=DEMO.data.layout, choices=T.LAYOUTS)
+  p.add_argument("--clean_labels", type=int, default=int(DEMO.data.clean_labels), choices=(0, 1))
+  p.add_argument("--stage2_prefix_mask", default=DEMO.size.stage2_prefix_mask, choices=_pi0.STAGE2_PREFIX_MASKS)
+  p.add_argument("--fusion_gate", default=DEMO.size.fusion_gate, choices=_gemma.FUSION_GATES)
   p.add_argument("--seed", type=int, default=0, help="training seed and evaluation scenes (the demo's data either way)")
   args = p.parse_args(argv)
   wd = pathlib.Path(args.workdir)
@@ -95,7 +97,7 @@ def main(argv=None):
   for s in splits:
     if s not in L.SPLITS:
       raise ValueError(f"--splits: unknown split {s!r}; expected some of {L.SPLITS}")
-  cfg = copy.deepcopy(E.DEMO)
+  cfg = copy.deepcopy(DEMO)
   cfg["vla"].update(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
   cfg["eval"].update(episodes_per_split=args.episodes)
   cfg["data"].update(clean_labels=bool(args.clean_labels), layout=args.layout)

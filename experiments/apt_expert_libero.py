@@ -21,12 +21,12 @@ warmup, batch 256, 100k steps per stage, EMA off. Expected (paper Table 1, LIBER
 with VLM fine-tuning (`--config.model.kwargs.vlm_trainable=True`) 27%.
 """
 
-from experiments import common
+from apt_jax import configs
 
 
 def get_config(arg=None):
-  stage = common.parse_stage(arg)
-  c = common.base_config()
+  stage = configs.parse_stage(arg)
+  c = configs.base_config()
   c.name = f"apt_expert_libero_{arg or 'stage1'}"
   c.model.head = "apt_expert"
   c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
@@ -35,5 +35,5 @@ def get_config(arg=None):
                              stage2_init="preserving"))
   # PaliGemma 3B pt-224 (big_vision npz) for the VLM; the head starts from scratch. (An openpi π0 checkpoint
   # holds π0's action expert too, which this head lacks.)
-  c.weight_loader = common.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
-  return common.paper_recipe(c)
+  c.weight_loader = configs.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
+  return configs.paper_recipe(c)

@@ -13,23 +13,21 @@ Expected: the flow loss falls slowly from ~2.4 (E|a - ε|² of normalised action
 (measured); Stage 2 starts where Stage 1 ended (the language blocks' tanh gates start at 0).
 """
 
+import pathlib
+
 import ml_collections
 
-from experiments import debug
+from apt_jax import configs
 
-# The tiny backbone of experiments/debug.py, shared by every debug head.
+# The tiny backbone of experiments/debug.py (π0's action expert variant is the one field left out).
 TINY_VLM = ("apt_stage", "dtype", "action_dim", "action_horizon", "max_token_len", "vocab_size",
             "paligemma_variant", "siglip_variant", "remat_policy")
 
 
-def head_config(arg, head: str, **kwargs) -> ml_collections.ConfigDict:
-  c = debug.get_config(arg)
-  base = c.model.kwargs
-  c.name = f"debug_{head}_{arg or 'stage1'}"
-  c.model.head = head
-  c.model.kwargs = ml_collections.ConfigDict({**{k: base[k] for k in TINY_VLM}, **kwargs})
-  return c
-
-
 def get_config(arg=None):
-  return head_config(arg, "gr00t", dit_variant="dummy", objective="flow")
+  c = configs.load(pathlib.Path(__file__).with_name("debug.py"), arg)
+  c.name = f"debug_gr00t_{arg or 'stage1'}"
+  c.model.head = "gr00t"
+  c.model.kwargs = ml_collections.ConfigDict({**{k: c.model.kwargs[k] for k in TINY_VLM}, "dit_variant": "dummy",
+                                             "objective": "flow"})
+  return c

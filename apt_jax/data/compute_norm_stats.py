@@ -20,13 +20,13 @@ against max_token_len when `--tokenizer_path` is given. Quantiles: see apt_jax.d
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import pathlib
 import sys
 
 import numpy as np
 
+from apt_jax import configs
 from apt_jax.data import adapters as _adapters
 from apt_jax.data import config as _config
 from apt_jax.data import normalize as _normalize
@@ -38,11 +38,11 @@ _log = logging.getLogger(__name__)
 def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | None = None,
                        tokenizer_path=None, max_token_len: int = 48) -> dict[str, _normalize.NormStats]:
   """Returns {"state": NormStats, "actions": NormStats} over all datasets of `data_config`."""
-  from apt_jax.data import rlds as _rlds  # pylint: disable=import-outside-toplevel
+  from apt_jax.data import rlds as _rlds
   cfg = _config.parse_data_config(data_config)
   tokenizer = None
   if tokenizer_path:
-    from apt_jax.models.tokenizer import PaligemmaTokenizer  # pylint: disable=import-outside-toplevel
+    from apt_jax.models.tokenizer import PaligemmaTokenizer
     tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=max_token_len)
   stats = {"state": _normalize.RunningStats(), "actions": _normalize.RunningStats()}
   for i, entry in enumerate(cfg.datasets):
@@ -75,18 +75,6 @@ def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | No
   return {k: v.get_statistics() for k, v in stats.items()}
 
 
-def load_experiment_config(spec: str):
-  """`path/to/config.py[:arg]` -> the module's `get_config(arg)` (big_vision style)."""
-  path, _, arg = spec.partition(":")
-  module_path = pathlib.Path(path)
-  if not module_path.exists():
-    raise FileNotFoundError(f"--config: {module_path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location(f"_apt_experiment_{module_path.stem}", module_path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def _get(obj, path: str, default=None):
   for part in path.split("."):
     if obj is None:
@@ -114,7 +102,7 @@ def main(argv=None) -> pathlib.Path:
 
   config, out = None, args.out
   if args.config:
-    config = load_experiment_config(args.config)
+    config = configs.load(args.config)
     data_config = _get(config, "data")
     if data_config is None:
       parser.error(f"{args.config}: the config has no `data` field")

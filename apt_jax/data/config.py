@@ -4,6 +4,7 @@
 
 | field | type, default | meaning |
 |---|---|---|
+| kind | str, "rlds" | the data source: "rlds" (this pipeline); apt_jax.train also takes "fake" (random batches of the model's spec, no other field) |
 | datasets | list of dicts, required | one entry per RLDS dataset, see below |
 | norm_stats_path | str or None | norm_stats.json (or its directory) in openpi's format; None: no normalization (a warning is logged) |
 | delta_action_dims | int, list of bools, or None | action dims made relative to the current state before normalization: an int k means the first k dims (openpi's LIBERO uses 6), a list is a per-dim mask |
@@ -59,6 +60,7 @@ class DatasetEntry:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   datasets: tuple[DatasetEntry, ...]
+  kind: str = "rlds"
   norm_stats_path: str | None = None
   delta_action_dims: int | tuple[bool, ...] | None = None
   use_quantile_norm: bool = False
@@ -123,6 +125,8 @@ def parse_data_config(cfg) -> DataConfig:
     if k in kwargs:
       kwargs[k] = str(kwargs[k])
   out = DataConfig(datasets=tuple(datasets), **kwargs)
+  if out.kind != "rlds":
+    raise ValueError(f"data_config.kind={out.kind!r}: this pipeline reads RLDS datasets (kind 'rlds')")
   if out.shuffle_buffer < 1 or out.episodes_per_block < 1:
     raise ValueError("data_config.shuffle_buffer and episodes_per_block must be >= 1")
   return out

@@ -52,6 +52,7 @@ from apt_jax.data import config as _config
 from apt_jax.data import normalize as _normalize
 from apt_jax.data import rlds as _rlds
 from apt_jax.data import transforms as _transforms
+from apt_jax.models import model as _model
 
 _log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class DataLoader:
     h, w = self.cfg.image_size
     rng = np.random.default_rng([self.seed, self.process_index, 0xA06, n]) if self.augment else None
     images, masks = {}, {}
-    for cam in _adapters.IMAGE_KEYS:
+    for cam in _model.IMAGE_KEYS:
       frames = ep.images.get(cam)
       if frames is None:
         images[cam], masks[cam] = self._zeros, False
@@ -392,7 +393,7 @@ class DataLoader:
       samples = list(self._pool.map(lambda r: self._sample(*r), refs))
     else:
       samples = [self._sample(*r) for r in refs]
-    cams = _adapters.IMAGE_KEYS
+    cams = _model.IMAGE_KEYS
     mask = np.stack([s["actions_mask"] for s in samples])
     batch = {
         "image": {c: np.stack([s["image"][c] for s in samples]) for c in cams},

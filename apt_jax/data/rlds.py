@@ -29,7 +29,8 @@ import threading
 
 import numpy as np
 
-from apt_jax.data import adapters as _adapters
+from apt_jax.envs.base import RldsAdapter
+from apt_jax.models import model as _model
 
 _log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Block:
 class RldsSource:
   """One RLDS dataset split as seen through an adapter: its spec, its blocks, and a block reader."""
 
-  def __init__(self, name: str, data_dir: str, adapter: _adapters.Adapter, *, split: str = "train",
+  def __init__(self, name: str, data_dir: str, adapter: RldsAdapter, *, split: str = "train",
                version: str | None = None, episodes_per_block: int = 4, cache_budget: ByteBudget | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     _tf()
@@ -273,7 +274,7 @@ def convert_episode(raw: dict, source: RldsSource, *, dataset_index: int, tokeni
   actions = numeric(ad.action_keys, ad.action_dim, "actions")
 
   images, image_keys = {}, {}
-  for cam in _adapters.IMAGE_KEYS:
+  for cam in _model.IMAGE_KEYS:
     keys = [k for k in ad.cameras.get(cam, ()) if k in source.spec]
     if not keys:
       images[cam], image_keys[cam] = None, None

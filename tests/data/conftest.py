@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apt_jax import configs
 from apt_jax.data import builders
 
 IMG = 16  # tiny images keep writing and decoding fast; the pipeline still resizes them to 224
@@ -18,7 +19,7 @@ def rb():
 
 @pytest.fixture(scope="session")
 def tokenizer_path() -> str:
-  return str(builders.SAMPLE_TOKENIZER)
+  return str(configs.SAMPLE_TOKENIZER)
 
 
 def libero_steps(length: int, *, episode: int = 0, instruction: str = "put the bowl on the plate",

@@ -7,11 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from apt_jax import envs
 from apt_jax import policy as _policy
+from apt_jax import policy_config as _policy_config
 from apt_jax.data import normalize
 from apt_jax.data import transforms as data_transforms
-from apt_jax.policies import envs
-from tests.serving.conftest import ASSET_ID, clone
+from apt_jax.models.model import IMAGE_KEYS
+from apt_jax.testing import ASSET_ID
+from tests.serving.conftest import clone
 
 
 def test_infer_composes_openpi_transforms(tiny_policy, tiny_ckpt, rng):
@@ -123,12 +126,12 @@ def test_droid_and_aloha_layouts(tiny_policy, rng, env, robot_dims):
   if env == "droid":
     np.testing.assert_allclose(state, np.concatenate([obs["observation/joint_position"],
                                                       obs["observation/gripper_position"]]), rtol=1e-6)
-    assert [bool(data["image_mask"][k][0]) for k in envs.IMAGE_KEYS] == [True, True, False]
+    assert [bool(data["image_mask"][k][0]) for k in IMAGE_KEYS] == [True, True, False]
   else:
     # ALOHA: cameras are (3, H, W); cam_low is accepted but unused (openpi); missing wrists become masked zeros.
     obs2 = dict(obs, images={k: v for k, v in obs["images"].items() if k != "cam_right_wrist"})
     d2, _ = pol.prepare(obs2)
-    assert [bool(d2["image_mask"][k][0]) for k in envs.IMAGE_KEYS] == [True, True, False]
+    assert [bool(d2["image_mask"][k][0]) for k in IMAGE_KEYS] == [True, True, False]
     assert not d2["image"]["right_wrist_0_rgb"].any()
     with pytest.raises(envs.InputError, match="images"):
       pol.prepare(dict(obs, images={"cam_top": obs["images"]["cam_high"]}))
@@ -168,11 +171,11 @@ def test_quantile_norm_and_no_delta(tiny_policy, rng):
 
 
 def test_policy_config_json_and_overrides(tiny_ckpt, tmp_path):
-  pc = _policy.read_policy_config(tiny_ckpt)
+  pc = _policy_config.read_policy_config(tiny_ckpt)
   assert pc.env == "libero" and pc.delta_action_dims == 6
-  assert _policy.PolicyConfig.from_json(json.loads(json.dumps(pc.to_json()))) == pc
+  assert _policy_config.PolicyConfig.from_json(json.loads(json.dumps(pc.to_json()))) == pc
   with pytest.raises(ValueError, match="bogus"):
-    _policy.PolicyConfig.from_json({"bogus": 1})
+    _policy_config.PolicyConfig.from_json({"bogus": 1})
   pol = _policy.create_trained_policy(tiny_ckpt, dtype=None, env="droid", delta_action_dims=0, num_steps=3)
   assert pol.metadata["env"] == "droid" and pol.metadata["action_dim"] == 8 and pol.num_steps == 3
   assert pol.metadata["param_dtype"] == "float32"

@@ -22,7 +22,9 @@ from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client import websocket_client_policy as wcp
 from websockets.sync.client import connect
 
+from apt_jax import msgpack_numpy
 from apt_jax import serve
+from apt_jax import testing
 from tests.serving.conftest import clone, running_server
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -57,12 +59,12 @@ def _expect_error(port, frame) -> tuple[str, int]:
 def test_wire_format_is_openpi_msgpack_numpy(rng):
   obj = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": {"c": np.arange(5, dtype=np.int64)},
          "s": "text", "g": np.float32(1.5), "img": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "l": [1, 2.0]}
-  assert serve.packb(obj) == openpi_msgpack.packb(obj)
-  back = serve.unpackb(openpi_msgpack.packb(obj))
+  assert msgpack_numpy.packb(obj) == openpi_msgpack.packb(obj)
+  back = msgpack_numpy.unpackb(openpi_msgpack.packb(obj))
   np.testing.assert_array_equal(back["a"], obj["a"])
   assert back["g"] == np.float32(1.5) and back["g"].dtype == np.float32 and back["l"] == [1, 2.0]
   with pytest.raises(ValueError, match="Unsupported dtype"):
-    serve.packb({"x": np.array([1 + 2j])})
+    msgpack_numpy.packb({"x": np.array([1 + 2j])})
 
 
 @pytest.mark.parametrize("frame, needle", [
@@ -77,8 +79,8 @@ def test_wire_format_is_openpi_msgpack_numpy(rng):
     (b"\xdf\xff\xff\xff\xff", "malformed msgpack"),
 ])
 def test_decoder_rejects_hostile_frames(frame, needle):
-  with pytest.raises(serve.RequestError, match=needle):
-    serve.unpackb(frame)
+  with pytest.raises(msgpack_numpy.RequestError, match=needle):
+    msgpack_numpy.unpackb(frame)
 
 
 def test_openpi_client_round_trip_equals_direct_policy(tiny_policy, rng):
@@ -254,19 +256,14 @@ def test_cli_serves_a_checkpoint(tiny_ckpt, tmp_path, rng):
 def test_serves_an_openpi_checkpoint(openpi_fixture_dir, tiny_tokenizer_path, tmp_path, rng):
   """openpi's own checkpoint (params + assets/<asset_id>/norm_stats.json, no model config) behind the server."""
   from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
-  c = json.loads((openpi_fixture_dir / "config.json").read_text())
-  p = c["pi0_config"]
+  model_kwargs = testing.fixture_model_kwargs(openpi_fixture_dir)
   cfg = tmp_path / "model.json"
-  cfg.write_text(json.dumps(dict(
-      action_dim=p["action_dim"], action_horizon=p["action_horizon"], max_token_len=p["max_token_len"],
-      paligemma_variant=c["gemma_configs"][p["paligemma_variant"]],
-      action_expert_variant=c["gemma_configs"][p["action_expert_variant"]],
-      siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"], dtype="bfloat16")))
+  cfg.write_text(json.dumps(dict(model_kwargs, dtype="bfloat16")))
   pol = _policy.create_trained_policy(openpi_fixture_dir / "checkpoint", model_config=cfg, head="pi0",
                                       tokenizer_path=tiny_tokenizer_path, delta_action_dims=6)
   assert pol.metadata["norm_stats"] == "physical-intelligence/libero" and pol.metadata["param_dtype"] == "bfloat16"
   with running_server(pol) as s:
     client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
     out = client.infer(pol.transforms.env.example(rng, prompt="put the bowl on the plate"))
-    assert out["actions"].shape == (p["action_horizon"], 7) and np.all(np.isfinite(out["actions"]))
+    assert out["actions"].shape == (model_kwargs["action_horizon"], 7) and np.all(np.isfinite(out["actions"]))
     client._ws.close()  # pylint: disable=protected-access

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import language as L
 from apt_jax.testbed import vla
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import language as L
 
 
