@@ -167,7 +167,7 @@ class AssetsRestore(ocp.args.CheckpointArgs):
 def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
   """A workdir, its checkpoints dir, a step dir, or a params dir -> the params dir (latest step)."""
   path = pathlib.Path(path)
-  if (path / "_METADATA").exists() or (path / "_CHECKPOINT_METADATA").exists() and (path / "d").exists():
+  if (path / "_METADATA").exists() or ((path / "_CHECKPOINT_METADATA").exists() and (path / "d").exists()):
     return path
   if (path / "params").is_dir():
     return path / "params"

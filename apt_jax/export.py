@@ -135,8 +135,9 @@ def main(argv=None) -> dict:
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)
   dtype = {"stored": None, "float32": np.float32, "bfloat16": jax.numpy.bfloat16}[args.dtype]
+  experiment = configs.load(args.experiment) if args.experiment else None
   meta = export_openpi(args.checkpoint, args.out, model_config=args.model_config, head=args.head, dtype=dtype,
-                       overwrite=args.overwrite, experiment_config=configs.load(args.experiment) if args.experiment else None)
+                       overwrite=args.overwrite, experiment_config=experiment)
   print(json.dumps({k: meta[k] for k in ("head", "apt_stage", "openpi_pi0_compatible", "num_leaves",
                                          "extra_params")}, indent=1))
   return meta

@@ -44,8 +44,8 @@ def read_metrics(workdir) -> list[dict]:
 
 def plot_losses(workdirs: dict[str, str | os.PathLike], out_png) -> None:
   """Loss curves of one or several runs (e.g. Stage 1 and Stage 2) into one PNG."""
-  import matplotlib
-  matplotlib.use("Agg")  # no display needed
+  import matplotlib as mpl
+  mpl.use("Agg")  # no display needed
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 4))

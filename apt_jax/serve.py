@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import http
 import logging
 import os
+import pathlib
 import threading
 import time
 from collections.abc import Mapping
@@ -36,7 +38,9 @@ from websockets.frames import CloseCode
 from apt_jax import configs
 from apt_jax import envs as _envs
 from apt_jax import policy as _policy
-from apt_jax.msgpack_numpy import RequestError, packb, unpackb
+from apt_jax.msgpack_numpy import RequestError
+from apt_jax.msgpack_numpy import packb
+from apt_jax.msgpack_numpy import unpackb
 
 _log = logging.getLogger(__name__)
 
@@ -174,7 +178,7 @@ class PolicyServer:
     asyncio.run(self.run())
 
   # Background-thread use (tests, benchmarks, embedding).
-  def start(self, timeout: float = 30.0) -> "PolicyServer":
+  def start(self, timeout: float = 30.0) -> PolicyServer:
     def target():
       try:
         asyncio.run(self.run())
@@ -192,10 +196,8 @@ class PolicyServer:
 
   def stop(self, timeout: float = 10.0) -> None:
     if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
-      try:
+      with contextlib.suppress(RuntimeError):  # the loop closed in between
         self._loop.call_soon_threadsafe(self._stopped.set)
-      except RuntimeError:
-        pass
     if self._thread is not None:
       self._thread.join(timeout)
 
@@ -245,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _api_key(args) -> str | None:
   if args.api_key_file:
-    key = open(args.api_key_file, encoding="utf-8").read().strip()
+    key = pathlib.Path(args.api_key_file).read_text(encoding="utf-8").strip()
     if not key:
       raise ValueError(f"{args.api_key_file} is empty")
     return key
@@ -268,10 +270,8 @@ def main(argv=None) -> None:
   server = PolicyServer(pol, host=args.host, port=args.port, api_key=_api_key(args),
                         max_frame_bytes=int(args.max_frame_mb * 2**20), max_connections=args.max_connections,
                         infer_threads=args.infer_threads)
-  try:
+  with contextlib.suppress(KeyboardInterrupt):
     server.serve_forever()
-  except KeyboardInterrupt:
-    pass
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ import optax
 
 from apt_jax import checkpoints
 from apt_jax import configs
+from apt_jax import data as _data
 from apt_jax import distributed
 from apt_jax import metrics as _metrics
 from apt_jax import optimizer as _optimizer
 from apt_jax import policy_config as _policy_config
 from apt_jax import sharding as _sharding
 from apt_jax import tree as tree_lib
-from apt_jax import data as _data
 from apt_jax import weight_loaders
 from apt_jax.data import batch as _batch
 from apt_jax.data import normalize
@@ -133,7 +133,8 @@ class Setup:
   abstract_state: TrainState
 
   @functools.cached_property
-  def _jit_init(self):
+  def jit_init(self):
+    """The jitted `init_state(rng, partial_params)`: created sharded, the partial params donated."""
     return jax.jit(functools.partial(init_state, self.ctx), out_shardings=self.state_shardings, donate_argnums=(1,))
 
   def jit_train_step(self, *, donate: bool = True):
@@ -165,7 +166,7 @@ def init_train_state(setup: Setup, rng, partial_params: dict | None = None) -> T
   param_shardings = tree_lib.flatten(_optimizer.combine(setup.state_shardings.params, setup.state_shardings.frozen))
   partial = tree_lib.unflatten({k: jax.device_put(np.asarray(v, abstract_params[k].dtype), param_shardings[k])
                                 for k, v in tree_lib.flatten(partial_params or {}).items()})
-  return setup._jit_init(rng, partial)
+  return setup.jit_init(rng, partial)
 
 
 def load_initial_params(config, model_config, abstract_params) -> dict:

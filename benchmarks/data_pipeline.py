@@ -41,7 +41,7 @@ TARGET_RATIO = 5.0
 
 def run_pipeline(*, batch_size: int, num_batches: int, num_workers: int, prefetch: int, augment: bool,
                  cache: bool = True, seed: int = 0) -> dict:
-  from apt_jax.data import create_data_loader  # pylint: disable=import-outside-toplevel
+  from apt_jax.data import create_data_loader
   t0 = time.perf_counter()
   extra = {} if cache else {"image_cache_mb": 0, "episode_cache_mb": 0}
   cfg = configs.sample_data(num_workers=num_workers, prefetch=prefetch, augment=augment, **extra)

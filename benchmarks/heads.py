@@ -11,18 +11,17 @@ DDIM, 20 steps), as configured in its experiments file. Compile time is reported
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pi0_step import timed
 
-from apt_jax import optimizer as _optimizer  # noqa: E402
-from apt_jax import testing  # noqa: E402
-from apt_jax.models import registry  # noqa: E402
-from pi0_step import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from apt_jax import optimizer as _optimizer
+from apt_jax import testing
+from apt_jax.models import registry
 
 # The VLM of each size (apt_jax.testing.SIZES) with the settings of that size's π0 runs.
 _VLM = {

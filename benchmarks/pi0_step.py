@@ -13,13 +13,14 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from apt_jax import optimizer as _optimizer  # noqa: E402
-from apt_jax import testing  # noqa: E402
-from apt_jax.models import pi0  # noqa: E402
+from apt_jax import optimizer as _optimizer
+from apt_jax import testing
+from apt_jax.models import pi0
+
 
 def timed(fn, *args, reps):
   """-> (compile seconds, median steady-state seconds over reps) of jit(fn)(*args). Also used by heads.py."""

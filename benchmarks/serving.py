@@ -5,9 +5,10 @@
 
 Without --checkpoint it builds the tiny π0 the serving tests use (apt_jax.testing: SigLIP 32 wide / 56 px patches,
 Gemma 48 + 32 wide, 2 layers, action horizon 4, float32 compute, bfloat16 params as openpi's inference), with the
-shipped sample tokenizer, LIBERO layout, delta actions and z-score norm stats. The server runs as `python -m apt_jax.serve` in a
-subprocess (`--in_process`: a thread of this process); clients are openpi-client `WebsocketClientPolicy` objects in
-threads of this process, each sending LIBERO requests (two 224x224x3 uint8 images, state (8,), a prompt; ~300 KB).
+shipped sample tokenizer, LIBERO layout, delta actions and z-score norm stats. The server runs as
+`python -m apt_jax.serve` in a subprocess (`--in_process`: a thread of this process); clients are openpi-client
+`WebsocketClientPolicy` objects in threads of this process, each sending LIBERO requests (two 224x224x3 uint8
+images, state (8,), a prompt; ~300 KB).
 
 Reported:
 * `direct`: `Policy.infer` called in this process (same checkpoint, same settings), ms per call.
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
+
 
 def build_tiny_checkpoint(step_dir: pathlib.Path) -> pathlib.Path:
   """apt_jax.testing's tiny π0 with the sample tokenizer, LIBERO layout and openpi's pi0_libero delta actions."""
@@ -116,7 +118,7 @@ def run_clients(port: int, n_clients: int, n_requests: int, make_obs, direct=Non
     results = list(pool.map(work, range(n_clients)))
   wall = max(r[2] for r in results) - t0
   for c in clients:
-    c._ws.close()  # pylint: disable=protected-access
+    c._ws.close()  # noqa: SLF001  (openpi-client has no public close)
   lat = [x for r in results for x in r[0]]
   out = {"clients": n_clients, "requests": len(lat), "round_trip_ms": _stats_ms(lat),
          "server_infer_ms_median": round(statistics.median(x for r in results for x in r[1]), 3)}
@@ -170,30 +172,29 @@ def main(argv=None) -> dict:
 
   port = _free_port()
   proc = server = None
-  log = open(pathlib.Path(tmp.name) / "server.log", "w")
-  try:
-    if args.in_process:
-      server = serve.PolicyServer(pol, port=port, infer_threads=args.infer_threads).start()
-    else:
-      cmd = [sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(ckpt), "--port", str(port),
-             "--infer_threads", str(args.infer_threads)]
-      if args.tokenizer:
-        cmd += ["--tokenizer", args.tokenizer]
-      proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
-    _wait_healthy(port, proc)
-    runs = [run_clients(port, int(n), args.requests, make_obs) for n in args.clients.split(",")]
-    paired = run_clients(port, 1, args.requests, make_obs, direct=pol)
-  finally:
-    if server is not None:
-      server.stop()
-    if proc is not None:
-      proc.terminate()
-      try:
-        proc.wait(timeout=20)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+  with open(pathlib.Path(tmp.name) / "server.log", "w") as log:
+    try:
+      if args.in_process:
+        server = serve.PolicyServer(pol, port=port, infer_threads=args.infer_threads).start()
+      else:
+        cmd = [sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(ckpt), "--port", str(port),
+               "--infer_threads", str(args.infer_threads)]
+        if args.tokenizer:
+          cmd += ["--tokenizer", args.tokenizer]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+      _wait_healthy(port, proc)
+      runs = [run_clients(port, int(n), args.requests, make_obs) for n in args.clients.split(",")]
+      paired = run_clients(port, 1, args.requests, make_obs, direct=pol)
+    finally:
+      if server is not None:
+        server.stop()
+      if proc is not None:
+        proc.terminate()
+        try:
+          proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+          proc.kill()
 
   direct_stats = _stats_ms(direct)
   pd, pr = paired["paired_direct_infer_ms"]["median"], paired["round_trip_ms"]["median"]

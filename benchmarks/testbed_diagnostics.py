@@ -1,4 +1,5 @@
-"""Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop, as JSON.
+"""Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop,
+as JSON.
 
     .venv/bin/python benchmarks/testbed_diagnostics.py --workdir out/demo [--probe base] [--recipe pi0_joint]
         [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--layout fixed]
@@ -117,7 +118,7 @@ def main(argv=None):
       ok, target, anyh = vla.rollout(policy, state, tokens, masks, steps=e["max_steps"], replan=e["replan"],
                                      seed=args.seed, chunk=len(tokens), return_grasp=True, return_any_held=True)
       out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
-                        n=int(len(ok)))
+                        n=len(ok))
   print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,
                         layout=args.layout, clean_labels=bool(args.clean_labels),
                         stage2_prefix_mask=args.stage2_prefix_mask, fusion_gate=args.fusion_gate, seed=args.seed,

@@ -95,6 +95,7 @@ def main():
   steps = [run("--child", str(d), str(args.steps)) for d in (1, 8)]
   print(json.dumps({"debug_train_step": steps, "per_device_memory_full_size": run("--fsdp-bytes"),
                     "cpu_count": os.cpu_count()}, indent=1))
+  return None
 
 
 if __name__ == "__main__":

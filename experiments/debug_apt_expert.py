@@ -6,7 +6,8 @@ r"""Debug recipe for the APT paper's expert (layer-wise gated fusion), on the sh
   python -m apt_jax.train --config experiments/debug_apt_expert.py:joint --workdir /tmp/debug_apt_joint
 
 Dummy expert: width 32, 2 heads, 4 layers (2 in Stage 1), taps spread over the 2 debug VLM layers; DDIM objective
-(100 steps, ε-prediction, L1) as the paper. Everything but the head comes from experiments/debug.py (through debug_gr00t.py).
+(100 steps, ε-prediction, L1) as the paper. Everything but the head comes from experiments/debug.py (through
+debug_gr00t.py).
 Hardware: any CPU (2 cores: about a minute per 300 steps after ~30 s of compilation).
 Expected: the L1 loss falls from ~0.8 within the first hundred steps; a "preserving" Stage 2 starts where Stage 1
 ended.

@@ -5,7 +5,8 @@ r"""Debug recipe for the GR00T-style head: a tiny DiT on a tiny PaliGemma, on th
       --config.init_from=/tmp/debug_gr00t_s1
   python -m apt_jax.train --config experiments/debug_gr00t.py:joint --workdir /tmp/debug_gr00t_joint
   # The paper's DDIM objective instead of GR00T's flow matching:
-  python -m apt_jax.train --config experiments/debug_gr00t.py:stage1 --workdir /tmp/x --config.model.kwargs.objective=ddim
+  python -m apt_jax.train --config experiments/debug_gr00t.py:stage1 --workdir /tmp/x \
+      --config.model.kwargs.objective=ddim
 
 Everything but the model block comes from experiments/debug.py (data, optimizer, 300 steps, batch 8).
 Hardware: any CPU (2 cores: about a minute per 300 steps after ~30 s of compilation).

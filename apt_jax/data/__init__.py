@@ -14,7 +14,9 @@ Modules (TensorFlow is imported only by `rlds` / `loader`, and only when a datas
 
 from __future__ import annotations
 
-from apt_jax.data.config import DataConfig, DatasetEntry, parse_data_config
+from apt_jax.data.config import DataConfig
+from apt_jax.data.config import DatasetEntry
+from apt_jax.data.config import parse_data_config
 
 
 def create_data_loader(data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
@@ -50,5 +52,5 @@ def __getattr__(name):
   raise AttributeError(name)
 
 
-__all__ = ["DataConfig", "DatasetEntry", "parse_data_config", "create_data", "create_data_loader", "DataError", "DataLoader",
-           "MixtureSampler", "BAD_RECORD_KINDS"]
+__all__ = ["DataConfig", "DatasetEntry", "parse_data_config", "create_data", "create_data_loader", "DataError",
+           "DataLoader", "MixtureSampler", "BAD_RECORD_KINDS"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from apt_jax.envs import droid, libero
+from apt_jax.envs import droid
+from apt_jax.envs import libero
 from apt_jax.envs.base import RldsAdapter
 
 OXE_GENERIC = RldsAdapter(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import copy
 import logging
 import queue
@@ -219,7 +220,7 @@ class DataLoader:
   def __init__(self, data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
                max_token_len: int, tokenizer_path, process_index: int = 0, process_count: int = 1,
                shuffle: bool = True, train: bool = True):
-    from apt_jax.models.tokenizer import PaligemmaTokenizer  # pylint: disable=import-outside-toplevel
+    from apt_jax.models.tokenizer import PaligemmaTokenizer
     self.cfg = _config.parse_data_config(data_config)
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
@@ -466,10 +467,8 @@ class DataLoader:
       self._pool = None
 
   def __del__(self):
-    try:
+    with contextlib.suppress(Exception):  # interpreter shutdown may have torn down threading already
       self._stop.set()
-    except Exception:  # pylint: disable=broad-except
-      pass
 
 
 def _produce_loop(loader_ref, stop: threading.Event, q: queue.Queue) -> None:
@@ -489,7 +488,7 @@ def _produce_loop(loader_ref, stop: threading.Event, q: queue.Queue) -> None:
     if loader is None:
       return
     try:
-      item = loader._produce()  # pylint: disable=protected-access
+      item = loader._produce()  # noqa: SLF001  (this module's producer thread holds only a weakref to the loader)
     except StopIteration:
       item = _END
     except BaseException as e:  # handed to the consumer, re-raised by __next__

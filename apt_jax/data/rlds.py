@@ -21,6 +21,7 @@ With `skip_bad_records` the loader drops such an episode instead, counts it by k
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -58,11 +59,9 @@ def _tf():
   global _TF
   if _TF is None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    try:
+    import tensorflow as tf
+    with contextlib.suppress(RuntimeError, ValueError):  # already initialised
       tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):  # already initialised
-      pass
     _TF = tf
   return _TF
 
@@ -73,7 +72,7 @@ def resolve_builder_dir(data_dir, name: str, version: str | None = None):
   Also accepts `data_dir` = the dataset or version directory itself. Paths go through etils.epath, so gs:// works
   where TensorFlow's GCS filesystem does.
   """
-  from etils import epath  # pylint: disable=import-outside-toplevel
+  from etils import epath
   base = epath.Path(data_dir)
   for candidate in (base / name, base):
     if version is not None:
@@ -121,7 +120,7 @@ class RldsSource:
 
   def __init__(self, name: str, data_dir: str, adapter: RldsAdapter, *, split: str = "train",
                version: str | None = None, episodes_per_block: int = 4, cache_budget: ByteBudget | None = None):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    import tensorflow_datasets as tfds
     _tf()
     self.name, self.adapter, self.split = name, adapter, split
     self.builder_dir = resolve_builder_dir(data_dir, name, version)

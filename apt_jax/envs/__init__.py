@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 from apt_jax.envs.aloha import AlohaAdapter
-from apt_jax.envs.base import EnvAdapter, InputError
+from apt_jax.envs.base import EnvAdapter
+from apt_jax.envs.base import InputError
 from apt_jax.envs.droid import DroidAdapter
 from apt_jax.envs.libero import LiberoAdapter
 

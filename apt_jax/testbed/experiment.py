@@ -18,12 +18,12 @@ import ml_collections
 import numpy as np
 
 from apt_jax.data import normalize
-from apt_jax.testbed import tabletop as T
 from apt_jax.models import pi0 as _pi0
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
 from apt_jax.testbed import language as L
 from apt_jax.testbed import report
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 from apt_jax.testbed import vlm_pretrain
 
@@ -72,7 +72,7 @@ def make_vla_data(cfg: dict, tokenizer, workdir: pathlib.Path):
   imgs, states, acts, ok, _ = T.rollout_expert(state, d["episode_len"], rng=rng, noise=d["expert_noise"],
                                                size=vla.IMAGE_SIZE, clean_labels=d["clean_labels"])
   ah = size["action_horizon"]
-  n_t, n_e = acts.shape[:2]
+  n_t = len(acts)
   # Chunks: actions t..t+AH-1, padded with the last action at the end of the episode.
   idx = np.minimum(np.arange(n_t)[:, None] + np.arange(ah)[None], n_t - 1)       # [T, AH]
   chunks = acts[idx]                                                               # [T, AH, E, 3]

@@ -56,7 +56,7 @@ def libero_config(data_dir, name: str, **overrides) -> dict:
 
 
 def make_loader(cfg, tokenizer_path, *, batch_size=1, action_horizon=4, shuffle=False, train=False, seed=0, **kw):
-  from apt_jax.data import create_data_loader  # pylint: disable=import-outside-toplevel
+  from apt_jax.data import create_data_loader
   return create_data_loader(cfg, batch_size=batch_size, seed=seed, action_horizon=action_horizon, action_dim=32,
                             max_token_len=kw.pop("max_token_len", 48), tokenizer_path=tokenizer_path,
                             shuffle=shuffle, train=train, **kw)

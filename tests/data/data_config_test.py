@@ -32,7 +32,7 @@ def test_loader_argument_checks(loader_fn, tmp_path):
   cfg = configs.sample_data()
   with pytest.raises(ValueError, match="not divisible by process_count=3"):
     loader_fn(cfg, batch_size=4, process_count=3, process_index=0)
-  with pytest.raises(ValueError, match="process 5 gets none|process_index=5"):
+  with pytest.raises(ValueError, match=r"process 5 gets none|process_index=5"):
     loader_fn(cfg, batch_size=8, process_count=8, process_index=5)
   with pytest.raises(FileNotFoundError, match="no TFDS dataset"):
     loader_fn({"datasets": [{"name": "nope", "data_dir": str(tmp_path)}]})

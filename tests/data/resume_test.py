@@ -57,7 +57,7 @@ def test_resumed_iterator_yields_the_same_next_batches(loader_fn):
 def test_same_seed_same_stream_and_epoch_covers_every_step(loader_fn):
   cfg = configs.sample_data(return_metadata=True, num_epochs=1, episodes_per_block=2, num_workers=1,
                                     shuffle_buffer=50)
-  run = lambda seed: [next_ for next_ in loader_fn(cfg, batch_size=4, action_horizon=2, shuffle=True, seed=seed)]
+  run = lambda seed: list(loader_fn(cfg, batch_size=4, action_horizon=2, shuffle=True, seed=seed))
   a, b, c = run(0), run(0), run(1)
   key = lambda bs: np.concatenate([np.stack([x["episode_index"], x["step_index"]], -1) for x in bs])
   np.testing.assert_array_equal(key(a), key(b))
@@ -98,4 +98,4 @@ def test_caches_do_not_change_the_stream(loader_fn):
   off_loader = loader_fn({**cfg, **off}, batch_size=16, action_horizon=4, shuffle=True, train=True, seed=3)
   for _ in range(13):
     _assert_same(next(on_loader), next(off_loader))
-  assert on_loader._cache.used > 0 and off_loader._cache.used == 0  # pylint: disable=protected-access
+  assert on_loader._cache.used > 0 and off_loader._cache.used == 0

@@ -9,7 +9,6 @@ from apt_jax import checkpoints
 from apt_jax import testing
 from apt_jax import tree as tree_lib
 from apt_jax.models import model as _model
-from apt_jax.models import pi0
 
 TOL = {"f32": dict(atol=1e-4, rtol=0), "bf16": dict(atol=5e-2, rtol=2e-2)}
 DTYPE = {"f32": "float32", "bf16": "bfloat16"}

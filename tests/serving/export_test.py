@@ -103,7 +103,7 @@ def test_openpi_checkpoint_round_trips_through_export(openpi_fixture_dir, tmp_pa
 
 
 def test_export_with_experiment_config_writes_policy_config(tiny_ckpt, tmp_path):
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  import ml_collections
   exp = ml_collections.ConfigDict({
       "model": {"head": "pi0", "kwargs": {}}, "tokenizer_path": "", "asset_id": ASSET_ID,
       "data": {"datasets": [{"name": "d", "data_dir": "/x", "adapter": "droid"}], "delta_action_dims": 7,

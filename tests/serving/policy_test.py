@@ -41,7 +41,7 @@ def test_infer_composes_openpi_transforms(tiny_policy, tiny_ckpt, rng):
       "state": np.pad(norm_state, (0, cfg.action_dim - 8))[None].astype(np.float32),
       "tokenized_prompt": tokens[None], "tokenized_prompt_mask": tmask[None]}
   _, key = jax.random.split(jax.random.key(5))
-  raw = np.asarray(_policy._sample_actions(pol.model, key, data, None, num_steps=10))[0]  # pylint: disable=protected-access
+  raw = np.asarray(_policy._sample_actions(pol.model, key, data, None, num_steps=10))[0]
   want = raw[:, :7] * (stats["actions"].std + 1e-6) + stats["actions"].mean
   want[:, :6] += state[:6]
   np.testing.assert_allclose(out["actions"], want, atol=1e-5, rtol=1e-5)
@@ -188,7 +188,7 @@ def test_openpi_checkpoint_needs_a_model_config(openpi_fixture_dir):
 
 def test_apt_stage1_policy_needs_no_prompt(tiny_policy, rng):
   """A Stage 1 (VA prior) model ignores language: no tokenizer, no prompt needed; metadata says stage1."""
-  import dataclasses  # pylint: disable=import-outside-toplevel
+  import dataclasses
   cfg = dataclasses.replace(tiny_policy.model.config, apt_stage="stage1", vlm_trainable=False)
   model = cfg.load(tiny_policy.model.params)
   pol = _policy.Policy(model, _policy.Transforms(env=tiny_policy.transforms.env), metadata={"apt_stage": "stage1"})

@@ -1,4 +1,5 @@
-"""benchmarks/testbed_diagnostics.py's probes change exactly what they claim, keep the task solvable, and undo themselves."""
+"""benchmarks/testbed_diagnostics.py's probes change exactly what they claim, keep the task solvable, and undo
+themselves."""
 
 import importlib.util
 import pathlib
@@ -6,8 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "testbed_diagnostics.py"

@@ -3,7 +3,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -91,7 +90,8 @@ def test_stage1_leaves_vlm_params_bit_identical_and_without_optimizer_state():
     state, _ = step(jax.random.key(1), state, global_batch(b, model_config, mesh))
   for k, v in tree_lib.flatten(state.frozen).items():
     np.testing.assert_array_equal(np.asarray(v), tree_lib.flatten(frozen0)[k], err_msg=k)
-  assert any(np.any(np.asarray(v) != tree_lib.flatten(trainable0)[k]) for k, v in tree_lib.flatten(state.params).items())
+  assert any(np.any(np.asarray(v) != tree_lib.flatten(trainable0)[k])
+             for k, v in tree_lib.flatten(state.params).items())
 
 
 def _final_params(workdir, step):
@@ -130,7 +130,7 @@ def test_stage2_initialised_from_stage1_reproduces_stage1(stage1_runs):
   s2_config = configs.model_config(config)
   setup = train.make_setup(config, s2_config, _sharding.make_mesh(1))
   abstract = setup.abstract_params()
-  partial, restored, new = s2_config.stage2_partial_params(s1_params, abstract)
+  _, restored, new = s2_config.stage2_partial_params(s1_params, abstract)
   assert restored == sorted(tree_lib.flatten(s1_params)) and new and all("fusion_1" in k for k in new)
   state = train.init_train_state(setup, jax.random.key(3), train.load_initial_params(config, s2_config, abstract))
   s2 = s2_config.model_class()(config=s2_config, params=_optimizer.combine(state.params, state.frozen))
