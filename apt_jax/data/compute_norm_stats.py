@@ -7,14 +7,7 @@
 With `--config`, the experiment config's `get_config(arg)` must provide `config.data` (see apt_jax.data.config);
 the output goes to `--out`, else `<config.assets_dir>/<config.asset_id>` (or `<config.assets_dir>` without an
 asset id). The action horizon comes from `--action_horizon`, else `config.model.action_horizon`, else
-`config.action_horizon`, else 50.
-
-What is measured matches openpi's `scripts/compute_norm_stats.py`: `state` over every step, `actions` over every
-entry of every step's action chunk of length H (last action repeated past the episode end), after the delta-action
-transform of the data config and before padding. Episodes are read in dataset order, all datasets of the config into
-one set of statistics (their widths must agree); `--max_frames` caps the steps taken from each dataset. Images are
-never decoded. Bad records raise, or are skipped when the config says `skip_bad_records`; prompts are only checked
-against max_token_len when `--tokenizer_path` is given. Quantiles: see apt_jax.data.normalize.
+`config.action_horizon`, else 50. What is measured: `compute_norm_stats`.
 """
 
 from __future__ import annotations
@@ -37,7 +30,14 @@ _log = logging.getLogger(__name__)
 
 def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | None = None,
                        tokenizer_path=None, max_token_len: int = 48) -> dict[str, _normalize.NormStats]:
-  """Returns {"state": NormStats, "actions": NormStats} over all datasets of `data_config`."""
+  """Returns {"state": NormStats, "actions": NormStats} over all datasets of `data_config`.
+
+  As openpi's `scripts/compute_norm_stats.py`: `state` over every step, `actions` over every entry of every step's
+  action chunk of length H (last action repeated past the episode end), after the data config's delta-action
+  transform and before padding. Episodes are read in dataset order, all datasets into one set of statistics (their
+  widths must agree); `max_frames` caps the steps taken from each dataset. Images are never decoded. Bad records
+  raise, or are skipped with `skip_bad_records`; prompts are checked against max_token_len only with a tokenizer.
+  """
   from apt_jax.data import rlds as _rlds
   cfg = _config.parse_data_config(data_config)
   tokenizer = None

@@ -11,12 +11,6 @@ Statistics cover the raw (unpadded) dimensions. When `x` has more dimensions tha
 model's action_dim = 32), the stats are padded the way openpi's `Unnormalize` pads them: mean 0 / std 1 for z-score,
 and pass-through for quantile normalization; when the stats are longer, they are truncated to `x`'s width (openpi's
 `Normalize`). So padded zeros stay (almost) zero and `unnormalize(normalize(x))` round-trips.
-
-`RunningStats` differs from openpi's in how it gets quantiles: openpi keeps 5000-bin histograms; here mean and std are
-exact (float64 running sums; std is the population std, as np.std) and q01/q99 are exact `np.quantile` (linear
-interpolation) of every row seen, as long as at most `max_quantile_samples` rows (default 1,000,000) have been seen.
-Past that, q01/q99 come from a uniform reservoir sample of that many rows (seeded, so reproducible); with 1M rows
-the sampling error of a 1% quantile is about 1e-4 in probability, below a 5000-bin histogram's resolution.
 """
 
 from __future__ import annotations
@@ -62,7 +56,13 @@ def _to_list(x) -> list[float]:
 
 
 class RunningStats:
-  """Accumulates mean, std, q01 and q99 over batches of rows `[..., D]` (all leading axes are flattened)."""
+  """Accumulates mean, std, q01 and q99 over batches of rows `[..., D]` (all leading axes are flattened).
+
+  Unlike openpi (5000-bin histograms): mean and std are exact (float64 running sums; std is the population std, as
+  np.std) and q01/q99 are exact `np.quantile` (linear interpolation) of every row, up to `max_quantile_samples` rows.
+  Past that, q01/q99 come from a uniform reservoir sample of that many rows (seeded, so reproducible); with 1M rows
+  the sampling error of a 1% quantile is about 1e-4 in probability, below a 5000-bin histogram's resolution.
+  """
 
   def __init__(self, max_quantile_samples: int = 1_000_000, seed: int = 0):
     self._cap = int(max_quantile_samples)

@@ -5,18 +5,8 @@ few contiguous episodes, and a block is read with `TFRecordDataset(file).skip(a)
 `tf.io.parse_single_example(features.tf_example_spec)`. That gives each episode as flat arrays `[T, ...]` of only the
 features the adapter needs, with images still encoded (decoded per sample later), works for empty episodes, and
 lets the loader read any block again on resume. Episode indices are positions in the split (TFDS order).
-
-Bad records raise `DataError`, naming the dataset, the episode and the field:
-
-| kind | when |
-|---|---|
-| missing | a feature the adapter needs is absent from the dataset's spec |
-| empty | the episode has no steps |
-| shape | state / actions of the wrong width, or an image that is not [H, W, 3] |
-| nonfinite | NaN or Inf in a state or action feature |
-| instruction_too_long | the tokenized prompt is longer than max_token_len |
-
-With `skip_bad_records` the loader drops such an episode instead, counts it by kind and logs a warning.
+Bad records raise `DataError` naming the dataset, the episode and the field; with `skip_bad_records` the loader
+drops the episode instead, counts it by kind and logs a warning.
 """
 
 from __future__ import annotations
@@ -39,7 +29,12 @@ BAD_RECORD_KINDS = ("missing", "empty", "shape", "nonfinite", "instruction_too_l
 
 
 class DataError(ValueError):
-  """A bad record: `str(e)` = "<dataset> episode <i> (file_path=<p>): field <field> <problem>"."""
+  """A bad record: `str(e)` = "<dataset> episode <i> (file_path=<p>): field <field> <problem>".
+
+  `kind` (BAD_RECORD_KINDS): missing (a feature the adapter needs is absent from the dataset's spec), empty (no
+  steps), shape (state / actions of the wrong width, or an image that is not [H, W, 3]), nonfinite (NaN or Inf in a
+  state or action feature), instruction_too_long (the tokenized prompt is longer than max_token_len).
+  """
 
   def __init__(self, dataset: str, episode: int | None, field: str, problem: str, *, kind: str,
                file_path: str | None = None):
