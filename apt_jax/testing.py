@@ -55,7 +55,7 @@ def libero_norm_stats(seed: int = 0) -> dict[str, normalize.NormStats]:
   rng = np.random.default_rng(seed)
   stats = lambda d: normalize.NormStats(mean=rng.normal(size=d), std=rng.uniform(0.5, 2.0, d),
                                         q01=-rng.uniform(1, 2, d), q99=rng.uniform(1, 2, d))
-  return {"state": stats(libero.STATE_DIM), "actions": stats(libero.ACTION_DIM)}
+  return {"state": stats(libero.ENV.state_dim), "actions": stats(libero.ENV.action_dim)}
 
 
 def write_tiny_checkpoint(step_dir: str | os.PathLike, model, tokenizer_path: str | os.PathLike, *,

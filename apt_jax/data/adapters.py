@@ -1,15 +1,11 @@
-"""The RLDS adapters by name (the data config's `adapter`): LIBERO and DROID from their robot modules
-(apt_jax/envs), plus `oxe_generic` for any Open X-Embodiment spec with one camera, state and action.
+"""The RLDS adapters by name (the data config's `adapter`): `libero` and `droid` from their robot modules
+(apt_jax/envs/libero.py, droid.py, which document their features), and `oxe_generic` for Open X-Embodiment specs:
+base_0_rgb <- observation/image, left_wrist_0_rgb <- observation/wrist_image if present, state <- observation/state
+and actions <- action (any widths), prompt <- language_instruction.
 
-| adapter | base_0_rgb | left_wrist_0_rgb | right_wrist_0_rgb | state | actions | prompt |
-|---|---|---|---|---|---|---|
-| libero | observation/image | observation/wrist_image | zeros, mask False | observation/state (8) | action (7) | language_instruction |
-| droid | observation/exterior_image_1_left (or _2_left, drawn per episode when training) | observation/wrist_image_left | zeros, mask False | observation/joint_position (7) + gripper_position (1) | action_dict/joint_position (7) + action_dict/gripper_position (1) | language_instruction (or _2 / _3, drawn per episode when training, among the non-empty ones) |
-| oxe_generic | observation/image | observation/wrist_image if present | zeros, mask False | observation/state (any dim) | action (any dim) | language_instruction |
-
-Any field can be overridden per dataset with `adapter_kwargs` in the data config, e.g.
-`{"adapter": "oxe_generic", "adapter_kwargs": {"action_keys": ["steps/action/world_vector",
-"steps/action/rotation_delta", "steps/action/open_gripper"], "instruction_keys": ["steps/natural_language_instruction"]}}`.
+Any field can be overridden per dataset with `adapter_kwargs` in the data config, e.g. `{"adapter": "oxe_generic",
+"adapter_kwargs": {"action_keys": ["steps/action/world_vector", "steps/action/rotation_delta",
+"steps/action/open_gripper"], "instruction_keys": ["steps/natural_language_instruction"]}}`.
 """
 
 from __future__ import annotations

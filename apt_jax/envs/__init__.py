@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from apt_jax.envs.aloha import AlohaAdapter
+from apt_jax.envs import aloha
+from apt_jax.envs import droid
+from apt_jax.envs import libero
 from apt_jax.envs.base import EnvAdapter
 from apt_jax.envs.base import InputError
-from apt_jax.envs.droid import DroidAdapter
-from apt_jax.envs.libero import LiberoAdapter
 
-ENVS: dict[str, EnvAdapter] = {a.name: a for a in (LiberoAdapter(), DroidAdapter(), AlohaAdapter())}
+ENVS: dict[str, EnvAdapter] = {m.ENV.name: m.ENV for m in (libero, droid, aloha)}
 
 
 def get_env(name: str, **overrides) -> EnvAdapter:

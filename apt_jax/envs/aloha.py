@@ -81,3 +81,6 @@ class AlohaAdapter(base.EnvAdapter):
         "images": {k: rng.integers(0, 256, size=chw, dtype=np.uint8) for k in self.cameras},
         "prompt": prompt,
     }
+
+
+ENV = AlohaAdapter()

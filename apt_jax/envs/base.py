@@ -198,3 +198,42 @@ class EnvAdapter(abc.ABC):
   @abc.abstractmethod
   def example(self, rng: np.random.Generator, *, image_shape=(224, 224, 3), prompt: str = "do something") -> dict:
     """A random request of this env's layout (openpi's `make_*_example`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleArmAdapter(EnvAdapter):
+  """One arm seen by a base camera and a wrist camera, state from one or more fields (openpi's `LiberoInputs` /
+  `DroidInputs`); π0's right wrist is a zero image with mask False. `rlds_adapter` derives the training mapping from
+  the same field names (RLDS stores them under `steps/`)."""
+
+  image_key: str = ""
+  wrist_image_key: str = ""
+  state_fields: tuple[tuple[str, int], ...] = ()  # (request field, width), concatenated into the state
+
+  def __post_init__(self):
+    object.__setattr__(self, "state_dim", sum(d for _, d in self.state_fields))
+
+  def inputs(self, obs):
+    obs = check_mapping(obs)
+    img = parse_image(get_field(obs, self.image_key), self.image_key)
+    wrist = parse_image(get_field(obs, self.wrist_image_key), self.wrist_image_key)
+    state = np.concatenate([parse_vector(get_field(obs, k), k, d) for k, d in self.state_fields])
+    images, masks = model_cameras(img, wrist, None)
+    return {"image": images, "image_mask": masks, "state": state, "prompt": parse_prompt(obs)}
+
+  def example(self, rng, *, image_shape=(224, 224, 3), prompt="do something"):
+    return {self.image_key: rng.integers(0, 256, size=image_shape, dtype=np.uint8),
+            self.wrist_image_key: rng.integers(0, 256, size=image_shape, dtype=np.uint8),
+            **{k: rng.random(d).astype(np.float32) for k, d in self.state_fields},  # openpi: np.random.rand
+            "prompt": prompt}
+
+  def rlds_adapter(self, *, action_keys: tuple[str, ...], instruction_keys: tuple[str, ...],
+                   more_base_images: tuple[str, ...] = ()) -> RldsAdapter:
+    """The RLDS mapping of this robot's datasets: the same cameras and state fields under `steps/`, the given action
+    and instruction features, and `more_base_images` (request field names) as further base-camera candidates."""
+    return RldsAdapter(
+        name=self.name,
+        cameras={"base_0_rgb": tuple(map(rlds_key, (self.image_key, *more_base_images))),
+                 "left_wrist_0_rgb": (rlds_key(self.wrist_image_key),), "right_wrist_0_rgb": ()},
+        state_keys=tuple(rlds_key(k) for k, _ in self.state_fields), action_keys=action_keys,
+        instruction_keys=instruction_keys, state_dim=self.state_dim, action_dim=self.action_dim)
