@@ -59,7 +59,7 @@ class Transforms:
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
-def _sample_actions(model, rng, data, noise, num_steps):
+def sample_actions_jit(model, rng, data, noise, num_steps):
   return model.sample_actions(rng, _model.Observation.from_dict(data), num_steps=num_steps, noise=noise)
 
 
@@ -151,7 +151,7 @@ class Policy:
     with self._lock:
       self._rng, rng = jax.random.split(self._rng)
     t1 = time.monotonic()
-    actions = np.asarray(_sample_actions(self.model, rng, data, noise, num_steps=self.num_steps), np.float32)[0]
+    actions = np.asarray(sample_actions_jit(self.model, rng, data, noise, num_steps=self.num_steps), np.float32)[0]
     t2 = time.monotonic()
     out = {"actions": self.finish(actions, state_env)}
     t3 = time.monotonic()
@@ -165,7 +165,7 @@ class Policy:
     if obs is None:
       obs = self.transforms.env.example(np.random.default_rng(0), prompt=self.transforms.default_prompt or "warm up")
     data, _ = self.prepare(obs)
-    jax.block_until_ready(_sample_actions(self.model, jax.random.key(0), data, None, num_steps=self.num_steps))
+    jax.block_until_ready(sample_actions_jit(self.model, jax.random.key(0), data, None, num_steps=self.num_steps))
     return time.monotonic() - t0
 
 

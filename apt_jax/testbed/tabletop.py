@@ -74,7 +74,7 @@ def cell_centres(cells) -> np.ndarray:
   return (np.stack([cells % GRID, cells // GRID], axis=-1) + 0.5) / GRID
 
 
-def _sample_positions(rng, n, layout="random"):
+def sample_positions(rng, n, layout="random"):
   """Centres [n, 2] of n distinct board cells: NUM_OBJECTS objects, the containers, then the gripper (deterministic
   given rng; neighbours are 1 / GRID = 0.2 apart)."""
   if n > GRID * GRID:
@@ -103,7 +103,7 @@ def reset_one(seed: int, kinds=None, target=None, layout: str = "random") -> Sta
     if target is not None and target[0] not in kinds:
       kinds[rng.integers(NUM_OBJECTS)] = target[0]
   kinds = np.asarray(kinds)
-  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, layout)
+  pos = sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, layout)
   if target is None:
     t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
   else:

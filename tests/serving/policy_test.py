@@ -41,7 +41,7 @@ def test_infer_composes_openpi_transforms(tiny_policy, tiny_ckpt, rng):
       "state": np.pad(norm_state, (0, cfg.action_dim - 8))[None].astype(np.float32),
       "tokenized_prompt": tokens[None], "tokenized_prompt_mask": tmask[None]}
   _, key = jax.random.split(jax.random.key(5))
-  raw = np.asarray(_policy._sample_actions(pol.model, key, data, None, num_steps=10))[0]
+  raw = np.asarray(_policy.sample_actions_jit(pol.model, key, data, None, num_steps=10))[0]
   want = raw[:, :7] * (stats["actions"].std + 1e-6) + stats["actions"].mean
   want[:, :6] += state[:6]
   np.testing.assert_allclose(out["actions"], want, atol=1e-5, rtol=1e-5)

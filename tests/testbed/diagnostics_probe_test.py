@@ -44,10 +44,10 @@ def test_one_object_probe_stays_solvable(layout):
 
 
 def test_probe_undoes_itself_on_error():
-  before = (T.NUM_OBJECTS, T._sample_positions, T.observe_state)
+  before = (T.NUM_OBJECTS, T.sample_positions, T.observe_state)
   with pytest.raises(RuntimeError), D.probe("one_object"):
     assert T.NUM_OBJECTS == 1
     raise RuntimeError("boom")
-  assert (T.NUM_OBJECTS, T._sample_positions, T.observe_state) == before
+  assert (T.NUM_OBJECTS, T.sample_positions, T.observe_state) == before
   with pytest.raises(ValueError, match="--probe='nope'"), D.probe("nope"):
     pass
