@@ -23,6 +23,11 @@ SAMPLE_NORM_STATS = SAMPLE_DIR / "norm_stats.json"
 
 STAGES = ("stage1", "stage2", "joint")
 
+# The full-size VLM: PaliGemma 3B (gemma_2b + So400m/14) in bf16, with openpi's π0 LIBERO widths (32 action dims,
+# 48 prompt tokens).
+PALIGEMMA_3B = dict(dtype="bfloat16", paligemma_variant="gemma_2b", siglip_variant="So400m/14", action_dim=32,
+                    max_token_len=48)
+
 
 def load(spec: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
   """`path/to/config.py[:arg]` -> the file's `get_config(arg)`, as `--config` of `python -m apt_jax.train` reads it."""

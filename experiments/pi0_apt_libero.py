@@ -20,8 +20,7 @@ def get_config(arg=None):
   stage = configs.parse_stage(arg)
   c = configs.base_config()
   c.name = f"pi0_apt_libero_{arg or 'stage1'}"
-  c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
-                             action_expert_variant="gemma_300m", siglip_variant="So400m/14", action_dim=32,
-                             action_horizon=50, max_token_len=48, fusion_gate="tanh", vlm_lr_multiplier=0.1))
+  c.model.kwargs.update(dict(apt_stage=stage, **configs.PALIGEMMA_3B, action_expert_variant="gemma_300m",
+                             action_horizon=50, fusion_gate="tanh", vlm_lr_multiplier=0.1))
   c.weight_loader = configs.stage_weight_loader(stage, "openpi", "/checkpoints/pi0_base/params")
   return configs.paper_recipe(c)

@@ -15,9 +15,8 @@ def get_config(arg=None):
   del arg
   c = configs.base_config()
   c.name = "pi0_libero"
-  c.model.kwargs.update(dict(apt_stage="none", dtype="bfloat16", paligemma_variant="gemma_2b",
-                             action_expert_variant="gemma_300m", siglip_variant="So400m/14", action_dim=32,
-                             action_horizon=50, max_token_len=48))
+  c.model.kwargs.update(dict(apt_stage="none", **configs.PALIGEMMA_3B, action_expert_variant="gemma_300m",
+                             action_horizon=50))
   c.data = configs.libero_data("/data/modified_libero_rlds")
   c.tokenizer_path = "/data/paligemma_tokenizer.model"
   c.asset_id = "libero"
