@@ -3,7 +3,8 @@
 Modules (TensorFlow is imported only by `rlds` / `loader`, and only when a dataset is opened):
 
 * `config`     data_config fields and defaults (documented there).
-* `adapters`   feature mappings for openvla LIBERO, DROID and generic OXE RLDS specs.
+* `adapters`   RLDS feature mappings by name (LIBERO and DROID from apt_jax/envs, generic OXE).
+* `batch`      the batch a train step takes (`abstract_batch`), fake batches of it, process -> global arrays.
 * `rlds`       block-wise TFRecord reading, episode validation, `DataError`.
 * `transforms` action chunks, delta actions, resize-with-pad, augmentation.
 * `normalize`  NormStats / RunningStats / norm_stats.json I/O / z-score and quantile normalization.
