@@ -64,7 +64,7 @@ def get_expert_config(variant) -> ExpertConfig:
 
 def default_taps(vlm_depth: int, num_taps: int) -> tuple[int, ...]:
   """round((j + 1)·L / N) (halves up), j = 0..N−1: indices into [embeddings, layer 1 .. L outputs]."""
-  return tuple(int(math.floor((j + 1) * vlm_depth / num_taps + 0.5)) for j in range(num_taps))
+  return tuple(math.floor((j + 1) * vlm_depth / num_taps + 0.5) for j in range(num_taps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ class AptExpertConfig(_model.VlaHeadConfig):
     return (self.stage2_init == "preserving" and _LAYER.match(key) is not None
             and key.split("/", 1)[1] in _ZEROED_IN_PRESERVING)
 
-  def module(self) -> "AptExpertModule":
+  def module(self) -> AptExpertModule:
     return AptExpertModule(self)
 
   def model_class(self):

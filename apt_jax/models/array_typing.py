@@ -18,7 +18,13 @@ import beartype.door
 import jax
 import jaxtyping
 import numpy as np
-from jaxtyping import Bool, Float, Int, Key, PyTree, Real  # noqa: F401  (re-exported)
+from jaxtyping import Bool
+from jaxtyping import Float
+from jaxtyping import Int
+from jaxtyping import Real
+
+__all__ = ["Array", "Bool", "Float", "Int", "KeyArrayLike", "Real", "check_fields", "disable_typechecking", "enabled",
+           "typecheck"]
 
 # What the model contract accepts: device arrays (tracers under jit) and host NumPy arrays.
 Array = jax.Array | np.ndarray
@@ -64,7 +70,13 @@ def check_fields(obj) -> None:
   types = _field_types(type(obj))
   with jaxtyping.jaxtyped("context"):
     for name, value in values.items():
-      if not beartype.door.is_bearable(value, types[name]):
-        got = jax.tree.map(lambda x: f"{x.dtype}{list(x.shape)}", value)
-        raise TypeError(f"{type(obj).__name__}.{name} is {got}; expected {types[name]} "
-                        "(axis names must agree across the fields)")
+      hint = types[name]
+      # beartype checks one item of a dict per call; check every camera.
+      items = value.items() if typing.get_origin(hint) is dict else [(None, value)]
+      item_hint = typing.get_args(hint)[1] if typing.get_origin(hint) is dict else hint
+      for key, item in items:
+        if not beartype.door.is_bearable(item, item_hint):
+          where = name if key is None else f"{name}[{key!r}]"
+          got = "None" if item is None else f"{item.dtype}{list(item.shape)}"
+          raise TypeError(f"{type(obj).__name__}.{where} is {got}; expected {item_hint} (axis names must agree "
+                          "across the fields)")

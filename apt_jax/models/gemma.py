@@ -140,7 +140,6 @@ class Attention(nn.Module):
     for c in self.configs:
       if (c.head_dim, c.num_heads, c.num_kv_heads) != (c0.head_dim, c0.num_heads, c0.num_kv_heads):
         raise ValueError("All experts must share num_heads, num_kv_heads and head_dim")
-    dtype = next(x.dtype for x in xs if x is not None)
 
     qkvs = []
     for i, (x, c) in enumerate(zip(xs, self.configs)):

@@ -90,7 +90,7 @@ class Gr00tConfig(_model.VlaHeadConfig):
       raise ValueError(f"VLM width {self.vlm_config.width} not divisible by adapter_num_heads "
                        f"{self.dit_variant.adapter_num_heads}")
 
-  def module(self) -> "Gr00tModule":
+  def module(self) -> Gr00tModule:
     return Gr00tModule(self)
 
   def model_class(self):

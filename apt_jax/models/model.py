@@ -42,8 +42,8 @@ Dtype = Literal["bfloat16", "float32"]
 class Observation:
   """Model inputs; `from_dict` / `to_dict` convert from / to openpi's dict layout. Checked at construction."""
 
-  # Camera -> image in [-1, 1] (`from_dict` maps uint8 to [-1, 1]).
-  images: dict[str, at.Float[at.Array, "*b h w c"]]
+  # Camera -> image in [-1, 1] (`from_dict` maps uint8 to [-1, 1]). Sizes may differ: `preprocess` resizes.
+  images: dict[str, at.Float[at.Array, "*b _h _w c"]]
   # Camera -> False where the camera is absent (e.g. LIBERO's right wrist).
   image_masks: dict[str, at.Bool[at.Array, "*b"]]
   state: at.Float[at.Array, "*b s"]

@@ -3,12 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import param_counts
 import pytest
+from heads_common import config
+from heads_common import grads
+from heads_common import loss_and_actions
+from heads_common import make_obs
+from heads_common import perturb
 
 from apt_jax import tree as tree_lib
-import param_counts
 from apt_jax.models import apt_expert
-from heads_common import config, grads, loss_and_actions, make_obs, perturb
 
 
 @pytest.fixture(scope="module")

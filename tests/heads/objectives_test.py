@@ -129,7 +129,7 @@ def test_flow_conventions():
   a = np.ones((3, 2, 2), np.float32)
   e = -np.ones_like(a)
   pi0 = objectives.FlowMatching("pi0")
-  x, net_t, target = pi0.training_inputs(a, e, jnp.array([1.0, 0.5, 0.0]))
+  x, _, target = pi0.training_inputs(a, e, jnp.array([1.0, 0.5, 0.0]))
   np.testing.assert_allclose(x[:, 0, 0], [-1, 0, 1])  # t=1 is noise
   np.testing.assert_allclose(target, e - a)
   gr = objectives.FlowMatching("gr00t")
@@ -138,9 +138,9 @@ def test_flow_conventions():
   np.testing.assert_array_equal(bucket, [1000, 500, 0])
   np.testing.assert_allclose(target, a - e)
   t = gr.sample_time(jax.random.key(1), (20000,))
-  assert -0.001 <= float(t.min()) and float(t.max()) <= 1.0 and float(jnp.mean(t < 0.5)) > 0.6  # mass near noise
+  assert float(t.min()) >= -0.001 and float(t.max()) <= 1.0 and float(jnp.mean(t < 0.5)) > 0.6  # mass near noise
   t = pi0.sample_time(jax.random.key(1), (20000,))
-  assert 0.001 <= float(t.min()) and float(jnp.mean(t > 0.5)) > 0.6
+  assert float(t.min()) >= 0.001 and float(jnp.mean(t > 0.5)) > 0.6
   assert pi0.default_steps == 10 and gr.default_steps == 4
 
 

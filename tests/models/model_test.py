@@ -37,8 +37,13 @@ def model():
 def test_observation_checks_batch_and_dtype_naming_the_field():
   with pytest.raises(TypeError, match=r"Observation\.state is float32\[3, 4\]"):
     obs(batch=2, state_batch=3)
-  with pytest.raises(TypeError, match=r"Observation\.images"):
-    obs(image_dtype=np.uint8)  # uint8 goes through from_dict, which maps it to [-1, 1]
+  o = obs()
+  wrist = {"left_wrist_0_rgb": np.zeros((2, 16, 24, 3), np.float32)}
+  dataclasses.replace(o, images={**o.images, **wrist})  # cameras may differ in size (preprocess resizes them)
+  for bad in [np.zeros((2, 16, 24, 3), np.uint8), np.zeros((3, 16, 24, 3), np.float32)]:
+    # Every camera is checked (uint8 goes through from_dict, which maps it to [-1, 1]).
+    with pytest.raises(TypeError, match=r"Observation\.images\['left_wrist_0_rgb'\]"):
+      dataclasses.replace(o, images={**o.images, "left_wrist_0_rgb": bad})
   with at.disable_typechecking():
     obs(batch=2, state_batch=3)
   with pytest.raises(TypeError):
