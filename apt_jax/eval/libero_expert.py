@@ -1,0 +1,226 @@
+r"""Scripted pick-and-place expert for LIBERO, served over the same websocket protocol: the positive control.
+
+  python -m apt_jax.eval.libero_expert --port 8001        # then, in .venv-libero:
+  python -m apt_jax.eval.libero --port 8001 --privileged --suites libero_object --out out/expert [--record DIR]
+
+If this policy does not succeed through the evaluation client, the harness is broken, not the policy. It reads the
+simulator state that the client adds under `privileged` (`apt_jax.eval.libero.privileged_state`: the BDDL goal,
+object poses and sizes, site positions, an episode id and the step) and solves goals of the form
+`(In obj region)` / `(On obj target)` by a phase machine per episode:
+
+  approach (above the object) -> descend -> close -> lift -> carry (above the target) -> lower -> release -> retreat
+
+Each phase moves the end effector with a proportional controller in world coordinates (OSC deltas: 1.0 moves about
+1 cm per 20 Hz step once the controller has caught up), holds the gripper pointing down with the yaw of the start of
+the episode, and returns a chunk of `horizon` actions rolled out on that first-order model. Phases advance on
+measured state (tolerances below); a dropped object sends it back to `approach`.
+
+Known limits: objects wider than the open gripper (libero_object_object's bigger cans), and goals other than
+In / On (opening drawers, turning knobs: libero_goal / libero_10) are not solved; the server answers them with a
+clear error only when the goal has no In / On predicate at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import threading
+
+import numpy as np
+
+from apt_jax.policies import envs as _envs
+
+STEP_M = 0.01  # eef displacement per step at action 1.0 (measured in LIBERO's OSC_POSE, steady state)
+ROT_RAD = 0.1  # rotation per step at action 1.0 (world frame, steady state)
+OPEN_WIDTH = 0.07  # finger opening above which the gripper counts as open (fully open: ~0.078)
+TOL_XY, TOL_Z = 0.01, 0.012
+CLOSE_STEPS, RELEASE_STEPS = 14, 10
+CLEARANCE = 0.10  # above the object before descending
+CARRY = 0.10  # carry height: the object's bottom this far above the target's top
+PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
+
+
+def _rotvec_from_matrix(r: np.ndarray) -> np.ndarray:
+  """Rotation matrix -> rotation vector with angle in [0, pi] (quaternion via Shepperd's method)."""
+  t = np.trace(r)
+  i = int(np.argmax([t, r[0, 0], r[1, 1], r[2, 2]]))
+  if i == 0:
+    w = math.sqrt(1 + t) / 2
+    xyz = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (4 * w)
+  else:
+    a = i - 1
+    b, c = (a + 1) % 3, (a + 2) % 3
+    q = math.sqrt(1 + 2 * r[a, a] - t) / 2
+    xyz = np.zeros(3)
+    xyz[a], xyz[b], xyz[c] = q, (r[b, a] + r[a, b]) / (4 * q), (r[c, a] + r[a, c]) / (4 * q)
+    w = (r[c, b] - r[b, c]) / (4 * q)
+  if w < 0:
+    w, xyz = -w, -xyz
+  s = np.linalg.norm(xyz)
+  return np.zeros(3) if s < 1e-12 else xyz / s * 2 * math.atan2(s, w)
+
+
+def _yaw_down(yaw: float) -> np.ndarray:
+  """Gripper pointing down (180 deg about x, LIBERO's start pose) turned by `yaw` about the world z axis."""
+  c, s = math.cos(yaw), math.sin(yaw)
+  return np.array([[c, s, 0], [s, -c, 0], [0, 0, -1.0]])
+
+
+@dataclasses.dataclass
+class _Episode:
+  phase: str = "approach"
+  since: int = 0  # step at which the phase started
+  orientation: np.ndarray | None = None  # held orientation (matrix)
+  grasp_xy: np.ndarray | None = None
+
+
+def _parse_goal(goal, bodies, sites) -> tuple[str, str]:
+  """The first (In obj region) / (On obj target) predicate -> (obj, target)."""
+  for pred in goal:
+    if len(pred) == 3 and pred[0].lower() in ("in", "on") and pred[1] in bodies and (pred[2] in bodies
+                                                                                       or pred[2] in sites):
+      return pred[1], pred[2]
+  raise _envs.InputError("privileged/goal", f"no (In obj region) / (On obj target) predicate the expert can solve "
+                         f"in {goal}")
+
+
+class ExpertPolicy:
+  """`infer(request)` -> {"actions": float32 [horizon, 7]} from `request["privileged"]` (see the module docstring)."""
+
+  def __init__(self, horizon: int = 10):
+    self.horizon = horizon
+    self.metadata = {"policy": "libero_expert", "privileged": True, "action_horizon": horizon, "env": "libero"}
+    self._episodes: dict[str, _Episode] = {}
+    self._lock = threading.Lock()
+
+  def reset(self):
+    self._episodes.clear()
+
+  def infer(self, obs) -> dict:
+    priv = _envs.get_field(obs, "privileged")
+    if not isinstance(priv, dict):
+      raise _envs.InputError("privileged", "expected a map (run the client with --privileged)")
+    state = _envs.parse_vector(_envs.get_field(obs, "observation/state"), "observation/state", 8)
+    bodies, sites, sizes = priv["bodies"], priv["sites"], priv.get("sizes", {})
+    obj, target = _parse_goal(priv["goal"], bodies, sites)
+    step = int(priv["step"])
+    with self._lock:
+      ep = self._episodes.setdefault(str(priv["episode"]), _Episode())
+      if len(self._episodes) > 4096:  # finished episodes are never announced: forget the oldest
+        self._episodes.pop(next(iter(self._episodes)))
+    eef = np.asarray(priv.get("eef_pos", state[:3]), np.float64)
+    width = float(state[6] - state[7])
+    if ep.orientation is None:
+      yaw = math.atan2(_rotation_of_state(state)[1, 0], _rotation_of_state(state)[0, 0])
+      ep.orientation = _yaw_down(yaw)
+
+    pose = np.asarray(bodies[obj], np.float64)
+    bottom, top, _ = sizes.get(obj, (-0.02, 0.02, 0.02))
+    center = pose[:3] + [0, 0, (bottom + top) / 2]
+    grasp = center.copy()
+    grasp[2] = max(center[2], pose[2] + bottom + 0.02)
+    if target in sites:
+      goal = np.asarray(sites[target], np.float64)
+      goal_top = goal[2]
+    else:
+      tpose = np.asarray(bodies[target], np.float64)
+      tb, tt, _ = sizes.get(target, (0.0, 0.02, 0.05))
+      goal, goal_top = tpose[:3], tpose[2] + tt
+    hang = eef[2] - (pose[2] + bottom)  # eef above the object's bottom (while holding it)
+    carry_z = goal_top + (top - bottom) + CARRY
+    place = np.array([goal[0], goal[1], goal_top + hang + 0.03])
+
+    held_dist = np.linalg.norm(center[:2] - eef[:2])
+    holding = held_dist < 0.04 and abs(center[2] - eef[2]) < 0.06 and 0.002 < width < OPEN_WIDTH
+    in_phase = lambda: step - ep.since
+
+    def go(phase):
+      ep.phase, ep.since = phase, step
+
+    # Phase transitions on the measured state.
+    if ep.phase == "approach" and _near(eef, grasp + [0, 0, CLEARANCE], 2 * TOL_XY, 2 * TOL_Z):
+      go("descend")
+    if ep.phase == "descend" and (_near(eef, grasp, TOL_XY, TOL_Z) or (in_phase() > 40 and _near(eef, grasp, 0.02, 0.03))):
+      go("close")
+    if ep.phase == "close" and in_phase() >= CLOSE_STEPS:
+      ep.grasp_xy = eef[:2].copy()
+      go("lift")
+    if ep.phase in ("lift", "carry", "lower") and not holding:
+      go("approach")  # dropped (or missed): start over
+    if ep.phase == "lift" and eef[2] > carry_z - 2 * TOL_Z:
+      go("carry")
+    if ep.phase == "carry" and _near(eef[:2], place[:2], 1.5 * TOL_XY, None):
+      go("lower")
+    if ep.phase == "lower" and eef[2] < place[2] + TOL_Z:
+      go("release")
+    if ep.phase == "release" and in_phase() >= RELEASE_STEPS:
+      go("retreat")
+
+    gripper = -1.0 if ep.phase in ("approach", "descend", "release", "retreat") else 1.0
+    waypoint = {
+        "approach": grasp + [0, 0, CLEARANCE],
+        "descend": grasp,
+        "close": grasp,
+        "lift": np.array([*(ep.grasp_xy if ep.grasp_xy is not None else eef[:2]), carry_z]),
+        "carry": np.array([place[0], place[1], carry_z]),
+        "lower": place,
+        "release": place,
+        "retreat": np.array([place[0], place[1], carry_z]),
+    }[ep.phase]
+    speed = 0.6 if ep.phase in ("descend", "lower") else 1.0
+    rot_err = _rotvec_from_matrix(ep.orientation @ _rotation_of_state(state).T)
+    actions = np.zeros((self.horizon, 7), np.float32)
+    p = eef.copy()
+    for k in range(self.horizon):  # roll the first-order model out over the chunk
+      move = (waypoint - p) / STEP_M * 0.5
+      norm = np.linalg.norm(move)
+      if norm > speed:
+        move *= speed / norm
+      turn = np.clip(rot_err / ROT_RAD * 0.15, -0.3, 0.3)
+      actions[k] = [*move, *turn, gripper]
+      p = p + move * STEP_M
+      rot_err = rot_err - turn * ROT_RAD
+    return {"actions": actions, "phase": np.asarray(PHASES.index(ep.phase), np.int32)}
+
+
+def _near(a, b, tol_xy, tol_z) -> bool:
+  a, b = np.asarray(a), np.asarray(b)
+  if np.linalg.norm(a[:2] - b[:2]) > tol_xy:
+    return False
+  return tol_z is None or abs(a[2] - b[2]) <= tol_z
+
+
+def _rotation_of_state(state) -> np.ndarray:
+  """Rotation matrix of the state's axis-angle (robosuite convention: any angle in [0, 2 pi])."""
+  v = np.asarray(state[3:6], np.float64)
+  angle = np.linalg.norm(v)
+  if angle < 1e-9:
+    return np.eye(3)
+  x, y, z = v / angle
+  k = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
+  return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m apt_jax.eval.libero_expert", description=__doc__.split("\n\n")[0])
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8001)
+  p.add_argument("--horizon", type=int, default=10, help="actions per chunk (>= the client's replan_steps)")
+  return p
+
+
+def main(argv=None) -> None:
+  from apt_jax import serve  # pylint: disable=import-outside-toplevel
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  args = build_parser().parse_args(argv)
+  server = serve.PolicyServer(ExpertPolicy(args.horizon), host=args.host, port=args.port)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+
+
+if __name__ == "__main__":
+  main()
