@@ -212,7 +212,7 @@ def test_table1_aggregation_and_wilson(tmp_path):
   assert tab["task"]["ci95"][0] == 0.0 and tab["task"]["ci95"][1] == pytest.approx(1.96**2 / (6 + 1.96**2))
   md = summary.write(tmp_path, recs)
   assert (tmp_path / "summary.png").stat().st_size > 0
-  assert "| c | 0.50 [" in md and "libero_goal_task/1" in md
+  assert "| c | 1.00 [0.34, 1.00] (2/2) | 0.50 [" in md and "| libero_goal_task/1 | task 1 | 0.00 [" in md
   assert json.loads((tmp_path / "summary.json").read_text())["c"]["suites"]["libero_spatial_swap"]["k"] == 3
   assert "average" not in summary.table1(recs[:8])  # no task rows: no average
 
@@ -224,4 +224,4 @@ def test_table1_comparison_lists_paper_numbers_beside_ours():
   assert rows["APT"]["average"]["rate"] == 0.19 and rows["APT + VLM fine-tuning"]["average"]["rate"] == 0.27
   assert rows["mine"]["average"]["rate"] == 0.25 and rows["mine"]["source"] == "ours"
   md = table1.markdown(rows)
-  assert "| APT | | | 19% | paper |" in md and "| mine | 0.50 [" in md
+  assert "| APT |  |  | 19% | paper |" in md and "| mine | 0.50 [0.09, 0.91] (1/2) | 0.00 [" in md
