@@ -131,29 +131,28 @@ def make_request(obs, prompt: str, resize: int = RESIZE) -> dict:
 
 def privileged_state(env) -> dict:
   """Simulator state for scripted policies (never sent unless asked for): the BDDL goal, every object's pose and
-  size, every site's position, the raw eef pose.
+  extent, every site's position.
 
     goal:   list of predicates, e.g. [["in", "alphabet_soup_1", "basket_1_contain_region"]]
     bodies: name -> float64 [7] world position (3) ++ xyzw quaternion (4)
-    sizes:  name -> float64 [3] (bottom z offset, top z offset, horizontal radius) from robosuite's object model
+    aabb:   name -> float64 [6] world bounding box (min xyz, max xyz) of the body's geoms (visual ones included)
     sites:  name -> float64 [3] world position
   """
   e = env.env
-  sim = e.sim
-  bodies, sizes = {}, {}
+  model, data = e.sim.model, e.sim.data
+  corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], np.float64)
+  bodies, aabb = {}, {}
   for name, i in e.obj_body_id.items():
-    wxyz = sim.data.body_xquat[i]
-    bodies[name] = np.concatenate([sim.data.body_xpos[i], wxyz[1:], wxyz[:1]]).astype(np.float64)
-    model = e.objects_dict.get(name) or e.fixtures_dict.get(name)
-    if model is not None and hasattr(model, "top_offset"):
-      sizes[name] = np.array([model.bottom_offset[2], model.top_offset[2], model.horizontal_radius], np.float64)
-  sites = {sim.model.site_id2name(i): np.array(sim.data.site_xpos[i], np.float64) for i in range(sim.model.nsite)}
-  return {
-      "goal": [list(map(str, p)) for p in e.parsed_problem["goal_state"]],
-      "bodies": bodies,
-      "sizes": sizes,
-      "sites": sites,
-  }
+    wxyz = data.body_xquat[i]
+    bodies[name] = np.concatenate([data.body_xpos[i], wxyz[1:], wxyz[:1]]).astype(np.float64)
+    geoms = np.flatnonzero(model.geom_bodyid == i)
+    if len(geoms):  # each geom's local box (center, half sizes) turned into world coordinates
+      pts = np.concatenate([(corners * model.geom_aabb[g, 3:] + model.geom_aabb[g, :3]) @ data.geom_xmat[g].reshape(3, 3).T
+                            + data.geom_xpos[g] for g in geoms])
+      aabb[name] = np.concatenate([pts.min(0), pts.max(0)])
+  sites = {model.site_id2name(i): np.array(data.site_xpos[i], np.float64) for i in range(model.nsite)}
+  return {"goal": [list(map(str, p)) for p in e.parsed_problem["goal_state"]], "bodies": bodies, "aabb": aabb,
+          "sites": sites}
 
 
 # --- Environments ---------------------------------------------------------------------------------------------------

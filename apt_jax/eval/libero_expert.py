@@ -5,7 +5,7 @@ r"""Scripted pick-and-place expert for LIBERO, served over the same websocket pr
 
 If this policy does not succeed through the evaluation client, the harness is broken, not the policy. It reads the
 simulator state that the client adds under `privileged` (`apt_jax.eval.libero.privileged_state`: the BDDL goal,
-object poses and sizes, site positions, an episode id and the step) and solves goals of the form
+object poses and bounding boxes, site positions, an episode id and the step) and solves goals of the form
 `(In obj region)` / `(On obj target)` by a phase machine per episode:
 
   approach (above the object) -> descend -> close -> lift -> carry (above the target) -> lower -> release -> retreat
@@ -34,11 +34,13 @@ from apt_jax.policies import envs as _envs
 
 STEP_M = 0.01  # eef displacement per step at action 1.0 (measured in LIBERO's OSC_POSE, steady state)
 ROT_RAD = 0.1  # rotation per step at action 1.0 (world frame, steady state)
-OPEN_WIDTH = 0.07  # finger opening above which the gripper counts as open (fully open: ~0.078)
 TOL_XY, TOL_Z = 0.01, 0.012
 CLOSE_STEPS, RELEASE_STEPS = 14, 10
-CLEARANCE = 0.10  # above the object before descending
-CARRY = 0.10  # carry height: the object's bottom this far above the target's top
+CLEARANCE = 0.10  # above the grasp point before descending
+CARRY = 0.05  # the object's bottom this far above the target's top while carrying
+PLACE = 0.02  # ... and above the target (region site or object top) when released
+TALL, TOP_GRASP = 0.08, 0.035  # objects taller than TALL are grasped TOP_GRASP below their top
+FINGERTIPS = 0.035  # lowest grasp point above an object's bottom (the fingertips would touch the table)
 PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
 
 
@@ -74,6 +76,9 @@ class _Episode:
   since: int = 0  # step at which the phase started
   orientation: np.ndarray | None = None  # held orientation (matrix)
   grasp_xy: np.ndarray | None = None
+  last_eef: np.ndarray | None = None  # eef position at the previous query (stall detection)
+  offset: np.ndarray | None = None  # object center - eef when grasped
+  hold: np.ndarray | None = None  # where the gripper closes
 
 
 def _parse_goal(goal, bodies, sites) -> tuple[str, str]:
@@ -103,7 +108,7 @@ class ExpertPolicy:
     if not isinstance(priv, dict):
       raise _envs.InputError("privileged", "expected a map (run the client with --privileged)")
     state = _envs.parse_vector(_envs.get_field(obs, "observation/state"), "observation/state", 8)
-    bodies, sites, sizes = priv["bodies"], priv["sites"], priv.get("sizes", {})
+    bodies, sites = priv["bodies"], priv["sites"]
     obj, target = _parse_goal(priv["goal"], bodies, sites)
     step = int(priv["step"])
     with self._lock:
@@ -117,37 +122,48 @@ class ExpertPolicy:
       ep.orientation = _yaw_down(yaw)
 
     pose = np.asarray(bodies[obj], np.float64)
-    bottom, top, _ = sizes.get(obj, (-0.02, 0.02, 0.02))
-    center = pose[:3] + [0, 0, (bottom + top) / 2]
-    grasp = center.copy()
-    grasp[2] = max(center[2], pose[2] + bottom + 0.02)
-    if target in sites:
+    lo, hi = _extent(priv, obj, pose)
+    center = np.array([pose[0], pose[1], (lo[2] + hi[2]) / 2])
+    # Tall objects (bottles, cartons) are taken below their top, the rest at mid-height, never lower than the
+    # fingertips reach above the table.
+    grasp_z = hi[2] - TOP_GRASP if hi[2] - lo[2] > TALL else center[2]
+    grasp = np.array([pose[0], pose[1], max(grasp_z, lo[2] + FINGERTIPS)])
+    if target in sites:  # a region: put the object's bottom just above the site, clear its body's top on the way
       goal = np.asarray(sites[target], np.float64)
-      goal_top = goal[2]
-    else:
+      owner = next((b for b in bodies if target.startswith(b + "_")), None)
+      goal_top = _extent(priv, owner, np.asarray(bodies[owner]))[1][2] if owner else goal[2] + 0.1
+    else:  # an object: on its top
       tpose = np.asarray(bodies[target], np.float64)
-      tb, tt, _ = sizes.get(target, (0.0, 0.02, 0.05))
-      goal, goal_top = tpose[:3], tpose[2] + tt
-    hang = eef[2] - (pose[2] + bottom)  # eef above the object's bottom (while holding it)
-    carry_z = goal_top + (top - bottom) + CARRY
-    place = np.array([goal[0], goal[1], goal_top + hang + 0.03])
-
-    held_dist = np.linalg.norm(center[:2] - eef[:2])
-    holding = held_dist < 0.04 and abs(center[2] - eef[2]) < 0.06 and 0.002 < width < OPEN_WIDTH
+      goal_top = _extent(priv, target, tpose)[1][2]
+      goal = np.array([tpose[0], tpose[1], goal_top])
+    hang = (eef[2] if ep.offset is not None else grasp[2]) - lo[2]  # eef above the object's bottom
+    carry_z = goal_top + hang + CARRY
+    place = np.array([goal[0], goal[1], goal[2] + hang + PLACE])
+    # Held: the object kept its offset from the gripper since the grasp, and the fingers did not close on nothing.
+    holding = (ep.offset is not None and width > 0.002
+               and np.linalg.norm(center - eef - ep.offset) < 0.02)
     in_phase = lambda: step - ep.since
 
     def go(phase):
       ep.phase, ep.since = phase, step
 
     # Phase transitions on the measured state.
-    if ep.phase == "approach" and _near(eef, grasp + [0, 0, CLEARANCE], 2 * TOL_XY, 2 * TOL_Z):
+    # Blocked on the way down (fingertips on the table, or the palm on a tall object): grasp where it is.
+    moved = np.inf if ep.last_eef is None else np.linalg.norm(ep.last_eef - eef)
+    ep.last_eef = eef
+    # Descend only once the arm has stopped over the object (the OSC lags: it would carry on sideways).
+    if ep.phase == "approach" and moved < 0.01 and _near(eef, grasp + [0, 0, CLEARANCE], TOL_XY, 2 * TOL_Z):
       go("descend")
-    if ep.phase == "descend" and (_near(eef, grasp, TOL_XY, TOL_Z) or (in_phase() > 40 and _near(eef, grasp, 0.02, 0.03))):
+    if ep.phase == "descend" and (_near(eef, grasp, TOL_XY, TOL_Z)
+                                  or (moved < 0.003 and in_phase() >= 10 and _near(eef, grasp, 3 * TOL_XY, 0.08))):
+      ep.hold = eef.copy()  # close where the fingers are (pulling back to `grasp` could lift them off a flat object)
       go("close")
     if ep.phase == "close" and in_phase() >= CLOSE_STEPS:
-      ep.grasp_xy = eef[:2].copy()
+      ep.grasp_xy, ep.offset = eef[:2].copy(), center - eef
+      holding = width > 0.002
       go("lift")
     if ep.phase in ("lift", "carry", "lower") and not holding:
+      ep.offset = None
       go("approach")  # dropped (or missed): start over
     if ep.phase == "lift" and eef[2] > carry_z - 2 * TOL_Z:
       go("carry")
@@ -162,7 +178,7 @@ class ExpertPolicy:
     waypoint = {
         "approach": grasp + [0, 0, CLEARANCE],
         "descend": grasp,
-        "close": grasp,
+        "close": ep.hold if ep.hold is not None else eef,
         "lift": np.array([*(ep.grasp_xy if ep.grasp_xy is not None else eef[:2]), carry_z]),
         "carry": np.array([place[0], place[1], carry_z]),
         "lower": place,
@@ -183,6 +199,15 @@ class ExpertPolicy:
       p = p + move * STEP_M
       rot_err = rot_err - turn * ROT_RAD
     return {"actions": actions, "phase": np.asarray(PHASES.index(ep.phase), np.int32)}
+
+
+def _extent(priv, name, pose) -> tuple[np.ndarray, np.ndarray]:
+  """World bounding box (lo, hi) of a body: the client's `aabb`, else 2 cm around its origin."""
+  box = priv.get("aabb", {}).get(name)
+  if box is None:
+    return pose[:3] - 0.02, pose[:3] + 0.02
+  box = np.asarray(box, np.float64)
+  return box[:3], box[3:]
 
 
 def _near(a, b, tol_xy, tol_z) -> bool:
