@@ -135,7 +135,7 @@ def privileged_state(env) -> dict:
 
     goal:   list of predicates, e.g. [["in", "alphabet_soup_1", "basket_1_contain_region"]]
     bodies: name -> float64 [7] world position (3) ++ xyzw quaternion (4)
-    aabb:   name -> float64 [6] world bounding box (min xyz, max xyz) of the body's geoms (visual ones included)
+    aabb:   name -> float64 [6] world bounding box (min xyz, max xyz) of the body's collision geoms
     sites:  name -> float64 [3] world position
   """
   e = env.env
@@ -146,6 +146,8 @@ def privileged_state(env) -> dict:
     wxyz = data.body_xquat[i]
     bodies[name] = np.concatenate([data.body_xpos[i], wxyz[1:], wxyz[:1]]).astype(np.float64)
     geoms = np.flatnonzero(model.geom_bodyid == i)
+    collide = geoms[(model.geom_contype[geoms] | model.geom_conaffinity[geoms]) != 0]
+    geoms = collide if len(collide) else geoms  # visual meshes' boxes are loose (a bowl's is ~1.6x too wide)
     if len(geoms):  # each geom's local box (center, half sizes) turned into world coordinates
       pts = np.concatenate([(corners * model.geom_aabb[g, 3:] + model.geom_aabb[g, :3]) @ data.geom_xmat[g].reshape(3, 3).T
                             + data.geom_xpos[g] for g in geoms])

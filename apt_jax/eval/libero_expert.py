@@ -40,7 +40,8 @@ CLEARANCE = 0.10  # above the grasp point before descending
 CARRY = 0.05  # the object's bottom this far above the target's top while carrying
 PLACE = 0.02  # ... and above the target (region site or object top) when released
 TALL, TOP_GRASP = 0.08, 0.035  # objects taller than TALL are grasped TOP_GRASP below their top
-FINGERTIPS = 0.035  # lowest grasp point above an object's bottom (the fingertips would touch the table)
+HOLLOW, RIM, RIM_DEPTH = ("bowl", "ramekin"), 0.012, 0.02  # grasped at the rim: RIM inside the edge, RIM_DEPTH down
+FINGERTIPS = 0.015  # lowest grasp point above an object's bottom (lower, the fingertips meet the table)
 PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
 
 
@@ -128,6 +129,9 @@ class ExpertPolicy:
     # fingertips reach above the table.
     grasp_z = hi[2] - TOP_GRASP if hi[2] - lo[2] > TALL else center[2]
     grasp = np.array([pose[0], pose[1], max(grasp_z, lo[2] + FINGERTIPS)])
+    if any(k in obj for k in HOLLOW):  # bowls: pinch the rim on the side facing the gripper (fingers close along y)
+      side = 1.0 if eef[1] >= pose[1] else -1.0
+      grasp = np.array([pose[0], pose[1] + side * ((hi[1] - lo[1]) / 2 - RIM), hi[2] - RIM_DEPTH])
     if target in sites:  # a region: put the object's bottom just above the site, clear its body's top on the way
       goal = np.asarray(sites[target], np.float64)
       owner = next((b for b in bodies if target.startswith(b + "_")), None)
@@ -138,7 +142,9 @@ class ExpertPolicy:
       goal = np.array([tpose[0], tpose[1], goal_top])
     hang = (eef[2] if ep.offset is not None else grasp[2]) - lo[2]  # eef above the object's bottom
     carry_z = goal_top + hang + CARRY
-    place = np.array([goal[0], goal[1], goal[2] + hang + PLACE])
+    # The object's center (not the gripper) goes over the goal.
+    shift = -ep.offset[:2] if ep.offset is not None else np.zeros(2)
+    place = np.array([goal[0] + shift[0], goal[1] + shift[1], goal[2] + hang + PLACE])
     # Held: the object kept its offset from the gripper since the grasp, and the fingers did not close on nothing.
     holding = (ep.offset is not None and width > 0.002
                and np.linalg.norm(center - eef - ep.offset) < 0.02)
