@@ -3,9 +3,10 @@
     .venv-libero/bin/python benchmarks/libero_eval.py [--suite libero_spatial] [--steps 60] [--episodes 4]
         [--workers 2] [--out FILE]
 
-Re-runs itself with .venv-libero's python when started from another venv. Runs `apt_jax.eval.libero` exactly as an evaluation does (2 cameras at 256x256, `MUJOCO_GL` as set, default
-osmesa), against a server in this process answering zero actions (so episodes never succeed and run `--steps`
-policy steps plus the 10 settle steps; the policy costs ~nothing). Reported:
+Re-runs itself with .venv-libero's python when started from another venv. Runs `apt_jax.eval.libero` exactly as
+an evaluation does (2 cameras at 256x256, `MUJOCO_GL` as set, default osmesa), against a server in this process
+answering zero actions (so episodes never succeed and run `--steps` policy steps plus the 10 settle steps; the
+policy costs ~nothing). Reported:
 * `env`: seconds to create an env, reset + set the init state, and per `env.step` (median over the episode).
 * `run[w]`: `--episodes` episodes of one task with w worker processes: wall seconds, seconds per episode, per env
   step and episodes per hour. The machine's load average at start and end is recorded: on a shared machine, read the

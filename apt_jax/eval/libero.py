@@ -149,8 +149,8 @@ def privileged_state(env) -> dict:
     collide = geoms[(model.geom_contype[geoms] | model.geom_conaffinity[geoms]) != 0]
     geoms = collide if len(collide) else geoms  # visual meshes' boxes are loose (a bowl's is ~1.6x too wide)
     if len(geoms):  # each geom's local box (center, half sizes) turned into world coordinates
-      pts = np.concatenate([(corners * model.geom_aabb[g, 3:] + model.geom_aabb[g, :3]) @ data.geom_xmat[g].reshape(3, 3).T
-                            + data.geom_xpos[g] for g in geoms])
+      pts = np.concatenate([(corners * model.geom_aabb[g, 3:] + model.geom_aabb[g, :3])
+                            @ data.geom_xmat[g].reshape(3, 3).T + data.geom_xpos[g] for g in geoms])
       aabb[name] = np.concatenate([pts.min(0), pts.max(0)])
   sites = {model.site_id2name(i): np.array(data.site_xpos[i], np.float64) for i in range(model.nsite)}
   return {"goal": [list(map(str, p)) for p in e.parsed_problem["goal_state"]], "bodies": bodies, "aabb": aabb,
@@ -204,9 +204,11 @@ def run_episode(env, policy, init_state, *, prompt: str, max_policy_steps: int, 
   """One closed-loop episode (openpi's loop). Returns {success, steps, queries, env_seconds, infer_seconds}.
 
   With `privileged`, requests carry `privileged_state(env)` plus `episode` (`episode_id`) and `step` (policy steps
-  so far) under PRIVILEGED_KEY. `trace.frames` gets upright agentview | wrist frames when `video`; `trace.steps` the demonstration (images at the
-  render size, upright; state, joint_state, action) when `record`. `on_request(request)` sees every request sent.
+  so far) under PRIVILEGED_KEY. `trace.frames` gets upright agentview | wrist frames when `video`; `trace.steps` the
+  demonstration (images at the render size, upright; state, joint_state, action) when `record`.
+  `on_request(request)` sees every request sent.
   """
+  trace = trace if trace is not None else EpisodeTrace()
   env.seed(seed)
   env.reset()
   obs = env.set_init_state(init_state)
@@ -366,8 +368,8 @@ class Worker:
     if first:
       rec["request"] = save_request(pathlib.Path(cfg.out) / "requests" / f"{stem}.npz", first[0])
     if video:
-      rec["video"] = write_video(pathlib.Path(cfg.out) / "videos" / f"{stem}_{'success' if rec['success'] else 'failure'}.mp4",
-                                 trace.frames)
+      outcome = "success" if rec["success"] else "failure"
+      rec["video"] = write_video(pathlib.Path(cfg.out) / "videos" / f"{stem}_{outcome}.mp4", trace.frames)
     if cfg.record is not None and rec["success"]:
       rec["demo"] = write_demo(pathlib.Path(cfg.record) / "raw" / suite / f"{stem}.npz", trace.steps, prompt,
                                file_path=f"{suite}/{task.bddl_file}#init{k}")

@@ -1,4 +1,4 @@
-r"""Recorded LIBERO demonstrations -> openvla's `modified_libero_rlds` layout, readable by apt_jax.data's LIBERO adapter.
+r"""Recorded LIBERO demonstrations -> openvla's `modified_libero_rlds` layout, read by apt_jax.data's LIBERO adapter.
 
   python -m apt_jax.eval.record --dir DIR        # JAX venv (TensorFlow); the client calls it after `--record DIR`
 

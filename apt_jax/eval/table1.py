@@ -34,7 +34,8 @@ _log = logging.getLogger(__name__)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # APT paper, Table 1: LIBERO-PRO success averaged over position and task perturbation (%).
-PAPER_TABLE1 = {"OpenVLA": 0.0, "π0": 0.0, "π0.5": 11.0, "LangForce": 14.0, "APT": 19.0, "APT + VLM fine-tuning": 27.0}
+PAPER_TABLE1 = {"OpenVLA": 0.0, "π0": 0.0, "π0.5": 11.0, "LangForce": 14.0, "APT": 19.0,
+                "APT + VLM fine-tuning": 27.0}
 TABLE1_SUITES = tuple(f"{b}_{p}" for b in _libero.PRO_BASES for p in ("swap", "task"))
 EXPERT = "scripted expert"
 
