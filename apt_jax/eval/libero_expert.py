@@ -76,10 +76,16 @@ class _Episode:
   phase: str = "approach"
   since: int = 0  # step at which the phase started
   orientation: np.ndarray | None = None  # held orientation (matrix)
-  grasp_xy: np.ndarray | None = None
+  grasp_xy: np.ndarray | None = None  # where the object was lifted
   last_eef: np.ndarray | None = None  # eef position at the previous query (stall detection)
   offset: np.ndarray | None = None  # object center - eef when grasped
   hold: np.ndarray | None = None  # where the gripper closes
+
+
+def _field(priv: dict, key: str):
+  if key not in priv:
+    raise _envs.InputError(f"privileged/{key}", f"missing (the client sent {sorted(map(str, priv))})")
+  return priv[key]
 
 
 def _parse_goal(goal, bodies, sites) -> tuple[str, str]:
@@ -101,26 +107,23 @@ class ExpertPolicy:
     self._episodes: dict[str, _Episode] = {}
     self._lock = threading.Lock()
 
-  def reset(self):
-    self._episodes.clear()
-
   def infer(self, obs) -> dict:
     priv = _envs.get_field(obs, "privileged")
     if not isinstance(priv, dict):
       raise _envs.InputError("privileged", "expected a map (run the client with --privileged)")
     state = _envs.parse_vector(_envs.get_field(obs, "observation/state"), "observation/state", 8)
-    bodies, sites = priv["bodies"], priv["sites"]
-    obj, target = _parse_goal(priv["goal"], bodies, sites)
-    step = int(priv["step"])
+    bodies, sites = _field(priv, "bodies"), _field(priv, "sites")
+    obj, target = _parse_goal(_field(priv, "goal"), bodies, sites)
+    step = int(_field(priv, "step"))
     with self._lock:
-      ep = self._episodes.setdefault(str(priv["episode"]), _Episode())
+      ep = self._episodes.setdefault(str(_field(priv, "episode")), _Episode())
       if len(self._episodes) > 4096:  # finished episodes are never announced: forget the oldest
         self._episodes.pop(next(iter(self._episodes)))
-    eef = np.asarray(priv.get("eef_pos", state[:3]), np.float64)
+    eef = state[:3].astype(np.float64)
     width = float(state[6] - state[7])
+    rotation = _rotation_of_state(state)
     if ep.orientation is None:
-      yaw = math.atan2(_rotation_of_state(state)[1, 0], _rotation_of_state(state)[0, 0])
-      ep.orientation = _yaw_down(yaw)
+      ep.orientation = _yaw_down(math.atan2(rotation[1, 0], rotation[0, 0]))
 
     pose = np.asarray(bodies[obj], np.float64)
     lo, hi = _extent(priv, obj, pose)
@@ -192,7 +195,7 @@ class ExpertPolicy:
         "retreat": np.array([place[0], place[1], carry_z]),
     }[ep.phase]
     speed = 0.6 if ep.phase in ("descend", "lower") else 1.0
-    rot_err = _rotvec_from_matrix(ep.orientation @ _rotation_of_state(state).T)
+    rot_err = _rotvec_from_matrix(ep.orientation @ rotation.T)
     actions = np.zeros((self.horizon, 7), np.float32)
     p = eef.copy()
     for k in range(self.horizon):  # roll the first-order model out over the chunk

@@ -31,7 +31,7 @@ def _request(goal, **priv):
   state = np.r_[0.0, 0.0, 0.3, np.pi, 0, 0, 0.039, -0.039].astype(np.float32)
   bodies = {"can_1": np.r_[0.1, 0.0, 0.04, 0, 0, 0, 1.0], "basket_1": np.r_[-0.1, 0.2, 0.0, 0, 0, 0, 1.0]}
   return {"observation/state": state, "privileged": {"goal": goal, "bodies": bodies, "sites": {"basket_1_region":
-          np.r_[-0.1, 0.2, 0.05]}, "sizes": {}, "episode": "e", "step": 0, **priv}}
+          np.r_[-0.1, 0.2, 0.05]}, "episode": "e", "step": 0, **priv}}
 
 
 def test_expert_moves_towards_the_object_first():
@@ -48,6 +48,10 @@ def test_expert_errors_name_the_field():
     policy.infer({"observation/state": np.zeros(8, np.float32)})
   with pytest.raises(envs.InputError, match="privileged/goal"):
     policy.infer(_request([["open", "drawer_1"]]))
+  request = _request([["in", "can_1", "basket_1_region"]])
+  del request["privileged"]["step"]
+  with pytest.raises(envs.InputError, match="privileged/step"):
+    policy.infer(request)
 
 
 @pytest.fixture(scope="module")
