@@ -108,7 +108,31 @@ def write(out_dir, records) -> str:
   md = markdown(summary)
   (out_dir / "summary.md").write_text(md)
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-  suites = [s for s in _libero.SUITES if any(s in v["suites"] for v in summary.values())]
-  _report.plot({ckpt: {s: v["suites"].get(s, rate(0, 0)) for s in suites} for ckpt, v in summary.items()},
-               out_dir / "summary.png")
+  plot(summary, out_dir / "summary.png")
   return md
+
+
+def plot(summary: dict, path) -> None:
+  """Bars per suite (one per checkpoint) with Wilson 95% error bars."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  suites = [s for s in _libero.SUITES if any(s in v["suites"] for v in summary.values())]
+  width = 0.8 / len(summary)
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(suites) + 2), 4))
+  for i, (ckpt, v) in enumerate(summary.items()):
+    r = [v["suites"].get(s, rate(0, 0)) for s in suites]
+    rates = np.array([x["rate"] for x in r])
+    err = [rates - [x["ci95"][0] for x in r], [x["ci95"][1] for x in r] - rates]
+    ax.bar(np.arange(len(suites)) + (i - (len(summary) - 1) / 2) * width, rates, width, yerr=err, capsize=2,
+           label=ckpt)
+  ax.set_xticks(np.arange(len(suites)), [s.removeprefix("libero_") for s in suites], rotation=30, ha="right")
+  ax.set_ylabel("success rate (Wilson 95% CI)")
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize=7)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
