@@ -45,6 +45,7 @@ import time
 import numpy as np
 from openpi_client import image_tools
 from openpi_client import websocket_client_policy
+from websockets.exceptions import ConnectionClosed
 
 # Rendering must be chosen before mujoco is imported; never leave it unset (EGL or OSMesa, no display here).
 os.environ.setdefault("MUJOCO_GL", "osmesa")
@@ -327,12 +328,25 @@ class Worker:
 
   def __init__(self, config: RunConfig):
     self.config = config
-    self.policy = websocket_client_policy.WebsocketClientPolicy(config.host, config.port, api_key=config.api_key)
-    meta = self.policy.get_server_metadata()
-    if meta.get("privileged") and not config.privileged:
+    self._connect()
+    if self._policy.get_server_metadata().get("privileged") and not config.privileged:
       raise ValueError(f"the server at {config.host}:{config.port} reads simulator state: run with --privileged")
     self._suites = {}
     self._env = self._env_key = self._task = None
+
+  def _connect(self) -> None:
+    cfg = self.config
+    self._policy = websocket_client_policy.WebsocketClientPolicy(cfg.host, cfg.port, api_key=cfg.api_key)
+
+  def infer(self, request: dict) -> dict:
+    """The server's reply; reconnects once if the connection was dropped (a keepalive ping left unanswered while a
+    slow machine built an env closes it: seen at load 45 on 2 cores). Server errors are not retried."""
+    try:
+      return self._policy.infer(request)
+    except ConnectionClosed as e:
+      _log.warning("connection to %s:%d lost (%s); reconnecting", self.config.host, self.config.port, e)
+      self._connect()
+      return self._policy.infer(request)
 
   def _env_for(self, suite: str, task_id: int):
     if self._env_key != (suite, task_id):
@@ -356,7 +370,7 @@ class Worker:
     trace = EpisodeTrace()
     first = []
     video = bool(cfg.video_every) and ep.get("index", 0) % cfg.video_every == 0
-    result = run_episode(env, self.policy, init_states[k], prompt=prompt,
+    result = run_episode(env, self, init_states[k], prompt=prompt,
                          max_policy_steps=cfg.max_steps or max_steps(suite), replan_steps=cfg.replan_steps,
                          seed=cfg.seed, privileged=cfg.privileged, trace=trace, video=video,
                          episode_id=f"{suite}/{task_id}/{k}/{cfg.seed}/{os.getpid()}/{time.time_ns()}",

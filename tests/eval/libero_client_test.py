@@ -225,3 +225,34 @@ def test_table1_comparison_lists_paper_numbers_beside_ours():
   assert rows["mine"]["average"]["rate"] == 0.25 and rows["mine"]["source"] == "ours"
   md = table1.markdown(rows)
   assert "| APT |  |  | 19% | paper |" in md and "| mine | 0.50 [0.09, 0.91] (1/2) | 0.00 [" in md
+
+
+def test_worker_reconnects_once_when_the_connection_drops(monkeypatch):
+  from websockets.exceptions import ConnectionClosedError  # pylint: disable=import-outside-toplevel
+  from websockets.frames import Close  # pylint: disable=import-outside-toplevel
+
+  clients = []
+
+  class FakeClient:
+    def __init__(self, host, port, api_key=None):
+      clients.append(self)
+      self.calls = 0
+
+    def get_server_metadata(self):
+      return {}
+
+    def infer(self, request):
+      self.calls += 1
+      if len(clients) == 1:  # the first connection is dropped (keepalive timeout)
+        raise ConnectionClosedError(Close(1011, "keepalive ping timeout"), None)
+      if request.get("fail"):
+        raise RuntimeError("Error in inference server")
+      return {"actions": np.zeros((5, 7))}
+
+  monkeypatch.setattr(L.websocket_client_policy, "WebsocketClientPolicy", FakeClient)
+  worker = L.Worker(L.RunConfig())
+  assert worker.infer({})["actions"].shape == (5, 7)
+  assert len(clients) == 2 and clients[0].calls == 1 and clients[1].calls == 1
+  with pytest.raises(RuntimeError, match="inference server"):  # server errors are not retried
+    worker.infer({"fail": True})
+  assert len(clients) == 2
