@@ -27,7 +27,7 @@ $(STAMP): requirements.txt setup.cfg
 # Headless rendering needs OSMesa (Debian: libosmesa6); installed here when running as root.
 libero: $(LIBERO_STAMP)
 
-$(LIBERO_STAMP): requirements-libero.txt setup.cfg
+$(LIBERO_STAMP): requirements-libero.txt
 	@ldconfig -p | grep -q libOSMesa.so || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get install -y -q libosmesa6 || { apt-get update -q && apt-get install -y -q libosmesa6; }; \
@@ -48,7 +48,7 @@ test-all: venv libero
 demo: venv
 	$(BIN)/python -m apt_jax.demo
 
-bench: venv
+bench: venv libero
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
