@@ -15,9 +15,12 @@ Each phase moves the end effector with a proportional controller in world coordi
 the episode, and returns a chunk of `horizon` actions rolled out on that first-order model. Phases advance on
 measured state (tolerances below); a dropped object sends it back to `approach`.
 
-Known limits: objects wider than the open gripper (libero_object_object's bigger cans), and goals other than
-In / On (opening drawers, turning knobs: libero_goal / libero_10) are not solved; the server answers them with a
-clear error only when the goal has no In / On predicate at all.
+Grasps: mid-height, or just below the top for tall objects (bottles, cartons), no lower than the fingertips reach
+above the table (a stalled descent closes where it is); bowls by the rim on the side facing the gripper.
+
+Known limits: objects wider than the open gripper (libero_object_object's bigger cans), flat boxes now and then
+(cream cheese), and goals other than In / On (opening drawers, turning knobs: most of libero_goal / libero_10); a
+goal with no In / On predicate at all is answered with an error naming `privileged/goal`.
 """
 
 from __future__ import annotations
