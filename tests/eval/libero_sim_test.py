@@ -14,7 +14,7 @@ from tests.eval.conftest import run_json
 
 @pytest.fixture(scope="module")
 def probe(libero_python):
-  return run_json(libero_python, ["tests/eval/libero_probe.py"], timeout=300)
+  return run_json(libero_python, ["tests/eval/libero_probe.py"], timeout=900)
 
 
 def test_every_suite_loads_with_50_init_states_per_task(probe):
