@@ -35,8 +35,8 @@ def smoke_run(libero_python, debug_checkpoint, tmp_path_factory):
   client = ["-m", "apt_jax.eval.libero", "--port", str(port), "--suites", SUITE, "--tasks", "0", "--trials", "1",
             "--max_steps", str(STEPS), "--out", str(out), "--checkpoint", "debug", "--save_requests", "--no_progress"]
   with table1.server(cmd, port, out / "server.log", timeout=300):
-    run_python(libero_python, client)
-    rerun = run_python(libero_python, client)  # everything recorded: nothing runs again
+    run_python(libero_python, client, timeout=900)
+    rerun = run_python(libero_python, client, timeout=900)  # everything recorded: nothing runs again
   return out, rerun
 
 
