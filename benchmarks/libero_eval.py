@@ -79,7 +79,7 @@ def table1_hours(s_per_step: float) -> float:
 
 def main(argv=None) -> dict:
   try:
-    import libero  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import libero  # noqa: F401
   except ImportError:  # `make bench` runs every benchmark with the JAX venv: move over to the simulator's
     python = pathlib.Path(__file__).resolve().parents[1] / ".venv-libero" / "bin" / "python"
     os.execv(python, [str(python), __file__, *(sys.argv[1:] if argv is None else argv)])

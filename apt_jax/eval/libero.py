@@ -162,19 +162,19 @@ def privileged_state(env) -> dict:
 
 
 def load_suite(suite: str):
-  from libero.libero import benchmark  # pylint: disable=import-outside-toplevel
+  from libero.libero import benchmark
   base_suite(suite)  # clear error for unknown names
   return benchmark.get_benchmark_dict()[suite]()
 
 
 def bddl_path(task) -> pathlib.Path:
-  from libero.libero import get_libero_path  # pylint: disable=import-outside-toplevel
+  from libero.libero import get_libero_path
   return pathlib.Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file
 
 
 def make_env(suite_obj, task_id: int, resolution: int = RESOLUTION):
   """-> (OffScreenRenderEnv, task). Cameras agentview + eye-in-hand at `resolution`^2."""
-  from libero.libero.envs import OffScreenRenderEnv  # pylint: disable=import-outside-toplevel
+  from libero.libero.envs import OffScreenRenderEnv
   task = suite_obj.get_task(task_id)
   env = OffScreenRenderEnv(bddl_file_name=str(bddl_path(task)), camera_heights=resolution, camera_widths=resolution)
   return env, task
@@ -182,7 +182,7 @@ def make_env(suite_obj, task_id: int, resolution: int = RESOLUTION):
 
 def bddl_language(task) -> str:
   """The BDDL's `(:language ...)`, parsed as the env does for `env.language_instruction`."""
-  from libero.libero.envs import bddl_utils  # pylint: disable=import-outside-toplevel
+  from libero.libero.envs import bddl_utils
   return str(bddl_utils.get_problem_info(str(bddl_path(task)))["language_instruction"])
 
 
@@ -398,7 +398,7 @@ def save_request(path: pathlib.Path, request: dict) -> str:
 
 
 def write_video(path: pathlib.Path, frames, fps: int = 20) -> str:
-  import imageio  # pylint: disable=import-outside-toplevel
+  import imageio
   path.parent.mkdir(parents=True, exist_ok=True)
   imageio.mimwrite(str(path), frames, fps=fps)
   return str(path)
@@ -430,7 +430,7 @@ def _run_in_worker(ep: dict) -> dict:
 def run(config: RunConfig, episodes: list[dict], *, workers: int = 1, progress: bool = True) -> list[dict]:
   """Runs the episodes not yet in `<out>/episodes.jsonl`, appending each record as it finishes; returns all records
   of this checkpoint and seed in the file (old and new)."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm
   out = pathlib.Path(config.out)
   out.mkdir(parents=True, exist_ok=True)
   path = out / "episodes.jsonl"
@@ -507,14 +507,14 @@ def main(argv=None) -> list[dict]:
   for s in suites:
     base_suite(s)
   tasks = None if args.tasks is None else [int(t) for t in args.tasks.split(",")]
-  api_key = open(args.api_key_file, encoding="utf-8").read().strip() if args.api_key_file else None
+  api_key = pathlib.Path(args.api_key_file).read_text(encoding="utf-8").strip() if args.api_key_file else None
   config = RunConfig(host=args.host, port=args.port, api_key=api_key, checkpoint=args.checkpoint, out=args.out,
                      replan_steps=args.replan_steps, seed=args.seed, max_steps=args.max_steps, prompt=args.prompt,
                      privileged=args.privileged, video_every=args.video_every, record=args.record,
                      save_requests=args.save_requests)
   records = run(config, plan_episodes(suites, tasks=tasks, trials=args.trials), workers=args.workers,
                 progress=not args.no_progress)
-  from apt_jax.eval import summary  # pylint: disable=import-outside-toplevel
+  from apt_jax.eval import summary
   print(summary.write(args.out, records))
   if args.record:
     export_demos(args.record, args.rlds_python)

@@ -26,6 +26,7 @@ goal with no In / On predicate at all is answered with an error naming `privileg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -249,14 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-  from apt_jax import serve  # pylint: disable=import-outside-toplevel
+  from apt_jax import serve
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   args = build_parser().parse_args(argv)
   server = serve.PolicyServer(ExpertPolicy(args.horizon), host=args.host, port=args.port)
-  try:
+  with contextlib.suppress(KeyboardInterrupt):
     server.serve_forever()
-  except KeyboardInterrupt:
-    pass
 
 
 if __name__ == "__main__":

@@ -114,10 +114,10 @@ def write(out_dir, records) -> str:
 
 def plot(summary: dict, path) -> None:
   """Bars per suite (one per checkpoint) with Wilson 95% error bars."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import matplotlib as mpl
+  mpl.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
 
   suites = [s for s in _libero.SUITES if any(s in v["suites"] for v in summary.values())]
   width = 0.8 / len(summary)

@@ -102,17 +102,17 @@ def comparison(summary: dict) -> dict:
 def markdown(rows: dict) -> str:
   lines = ["| method | position (`_swap`) | task (`_task`) | average | source |", "|---|---|---|---|---|"]
   for name, row in rows.items():
-    fmt = lambda key: (_summary.cell(row[key]) if "k" in row.get(key, {})
-                       else f"{100 * row[key]['rate']:.0f}%" if key in row else "")
+    fmt = lambda key, row=row: (_summary.cell(row[key]) if "k" in row.get(key, {})
+                                else f"{100 * row[key]['rate']:.0f}%" if key in row else "")
     lines.append(f"| {name} | {fmt('position')} | {fmt('task')} | {fmt('average')} | {row['source']} |")
   return ("LIBERO-PRO, APT paper Table 1 protocol: success rate, Wilson 95% CI (successes/episodes); the paper's "
           "rows give only its published average.\n\n" + "\n".join(lines) + "\n")
 
 
 def plot(rows: dict, path) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib as mpl
+  mpl.use("Agg")
+  import matplotlib.pyplot as plt
 
   names = [n for n, r in rows.items() if "average" in r]
   rates = [rows[n]["average"]["rate"] for n in names]
@@ -161,8 +161,8 @@ def main(argv=None) -> dict:
       parser.error(f"--checkpoint {spec!r}: {path} is not a directory")
     runs.append((name, [args.jax_python, "-m", "apt_jax.serve", "--checkpoint", path,
                         *shlex.split(args.serve_args)], False))
-  if args.expert:
-    runs.append((EXPERT, [args.jax_python, "-m", "apt_jax.eval.libero_expert"], True))  # served by apt_jax.serve (jax venv)
+  if args.expert:  # served by apt_jax.serve: the jax venv
+    runs.append((EXPERT, [args.jax_python, "-m", "apt_jax.eval.libero_expert"], True))
   if not runs:
     parser.error("give at least one --checkpoint NAME=DIR or --expert")
   for python in {r[1][0] for r in runs} | {args.libero_python}:

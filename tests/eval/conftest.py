@@ -32,7 +32,8 @@ def run_python(python: str, args: list[str], *, timeout: float = 600) -> str:
   """Runs `python args...` in the repo root; returns stdout, or fails the test with the output's tail."""
   env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"))
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([python, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run([python, *args], check=False, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
   if proc.returncode != 0:
     pytest.fail(f"{' '.join(args)} exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
   return proc.stdout

@@ -192,7 +192,7 @@ def test_resume_runs_only_missing_episodes(tmp_path, monkeypatch):
 
 def test_corrupt_record_in_the_middle_is_an_error(tmp_path):
   (tmp_path / "episodes.jsonl").write_text("{not json\n" + json.dumps(_record("libero_goal", 0, 0, True)) + "\n")
-  with pytest.raises(ValueError, match="episodes.jsonl:1"):
+  with pytest.raises(ValueError, match=r"episodes\.jsonl:1"):
     L.read_records(tmp_path / "episodes.jsonl")
 
 
@@ -228,8 +228,8 @@ def test_table1_comparison_lists_paper_numbers_beside_ours():
 
 
 def test_worker_reconnects_once_when_the_connection_drops(monkeypatch):
-  from websockets.exceptions import ConnectionClosedError  # pylint: disable=import-outside-toplevel
-  from websockets.frames import Close  # pylint: disable=import-outside-toplevel
+  from websockets.exceptions import ConnectionClosedError
+  from websockets.frames import Close
 
   clients = []
 

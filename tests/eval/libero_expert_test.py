@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from apt_jax import envs
 from apt_jax import serve
 from apt_jax.eval import libero as L
 from apt_jax.eval import libero_expert as X
-from apt_jax import envs
-from tests.eval.conftest import REPO, run_python
+from tests.eval.conftest import REPO
+from tests.eval.conftest import run_python
 
 
 def test_rotation_helpers_match_scipy():
@@ -74,8 +75,8 @@ def test_expert_solves_libero_object(expert_run):
 
 @pytest.mark.slow
 def test_recorded_demos_train_the_debug_config(expert_run, tmp_path):
-  from apt_jax import train  # pylint: disable=import-outside-toplevel
-  from apt_jax.data import compute_norm_stats  # pylint: disable=import-outside-toplevel
+  from apt_jax import train
+  from apt_jax.data import compute_norm_stats
 
   demos = expert_run / "demos"
   successes = sum(r["success"] for r in L.read_records(expert_run / "eval" / "episodes.jsonl"))

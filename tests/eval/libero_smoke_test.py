@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from apt_jax.eval import table1
-from tests.eval.conftest import REPO, run_python
+from tests.eval.conftest import REPO
+from tests.eval.conftest import run_python
 
 SUITE, STEPS = "libero_spatial_task", 20
 

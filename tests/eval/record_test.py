@@ -7,7 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from apt_jax.data import adapters, compute_norm_stats, rlds
+from apt_jax.data import adapters
+from apt_jax.data import compute_norm_stats
+from apt_jax.data import rlds
 from apt_jax.eval import libero as L
 from apt_jax.eval import record
 
