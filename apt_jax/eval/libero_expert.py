@@ -34,7 +34,7 @@ import threading
 
 import numpy as np
 
-from apt_jax import envs as _envs
+from apt_jax.envs import base as _envs
 
 STEP_M = 0.01  # eef displacement per step at action 1.0 (measured in LIBERO's OSC_POSE, steady state)
 ROT_RAD = 0.1  # rotation per step at action 1.0 (world frame, steady state)
