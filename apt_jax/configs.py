@@ -1,17 +1,21 @@
 """Blocks shared by the experiment configs (big_vision's `configs/common.py`): each experiment is one
 `experiments/<name>.py` with `get_config(arg)`, loaded by path (`--config experiments/x.py:arg`, `load`).
 
-`base_config()` lists every field the trainer reads, with its default; experiments override what they need.
+`base_config()` lists every field the trainer reads, with its default (the data block's defaults are
+`apt_jax.data.config.DataConfig`'s, the model's its head config's); experiments override what they need. `finalize`
+checks an experiment config against them: an unknown key anywhere is an error naming it and the closest valid key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import pathlib
 
 import ml_collections
 
+from apt_jax.data import config as _data_config
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 
@@ -45,7 +49,7 @@ def load(spec: str | os.PathLike, arg: str | None = None) -> ml_collections.Conf
 def model_config(config: ml_collections.ConfigDict) -> _model.BaseModelConfig:
   """The head config of an experiment config's `model` block."""
   kwargs = config.model.kwargs
-  return registry.create_config(config.model.get("head", "pi0"),
+  return registry.create_config(config.model.head,
                                 **(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs or {})))
 
 
@@ -76,8 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = 30_000
   c.log_every_steps = 100
   c.ckpt_every_steps = 1000
-  c.max_to_keep = 1
-  c.keep_period = 5000             # also keep every keep_period-th step
+  c.max_to_keep = 2                # >= 2: a step broken by a crash leaves an earlier one to resume from
+  c.keep_period = ml_collections.FieldReference(5000, field_type=int)  # also keep every keep_period-th step
   c.async_checkpoint = True
   c.progress_bar = True
   c.schedule = ml_collections.ConfigDict(dict(kind="warmup_cosine", peak_lr=2.5e-5, warmup_steps=1000,
@@ -86,14 +90,53 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-10,
                                                clip_gradient_norm=1.0, decay_all=True))
   c.ema_decay = ml_collections.FieldReference(None, field_type=float)
+  # Knowledge insulation's VL co-training loss weight (batches with a "vl" entry); 0: none, and then an insulated VLM
+  # gets no gradient at all, so it is kept out of the optimizer like a frozen one (optimizer.frozen_filter).
+  c.vl_cotrain_weight = 0.0
   c.grad_accum_steps = 1
   c.frozen_dtype = "bfloat16"      # frozen params kept in bf16 (openpi); "" keeps float32
   c.train_augment = True           # π0's crop/rotate/colour augmentation inside compute_loss
   c.mesh = ml_collections.ConfigDict(dict(fsdp_devices=1, min_fsdp_mbytes=4.0))
-  c.distributed = ml_collections.ConfigDict(dict(num_processes=1, coordinator_address="", process_id=0))
+  c.distributed = ml_collections.ConfigDict(dict(
+      num_processes=1, coordinator_address="", process_id=0,
+      local_device_ids=ml_collections.FieldReference(None, field_type=tuple)))  # None: all of the host's devices
   c.init_from = ""                 # Stage 2: a Stage 1 workdir / step dir / params dir
   c.weight_loader = ml_collections.ConfigDict(dict(kind="none", path=""))  # none | paligemma_npz | openpi
   return c
+
+
+# Blocks whose keys are not base_config()'s: the model's kwargs are its head config's fields, the data block's are
+# DataConfig's (apt_jax.data.config).
+_OPEN_BLOCKS = ("model.kwargs", "data")
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the trainer runs: every key checked and every default filled in.
+
+  Keys are checked against `base_config()`, `model.kwargs` against the head config's fields and `data` against
+  `DataConfig` / `DatasetEntry`: an unknown key is a ValueError naming it and the closest valid key. Missing keys
+  (e.g. in a block an experiment replaced whole) take base_config()'s default; the data block gets DataConfig's.
+  """
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  out = _merge_checked(base_config().to_dict(), d, "config")
+  head = out["model"]["head"]
+  fields = [f.name for f in dataclasses.fields(registry.config_class(head))]
+  _data_config.check_keys(out["model"]["kwargs"], fields, f"config.model.kwargs ({head} head)")
+  out["data"] = _data_config.to_dict(_data_config.parse_data_config(out["data"]))
+  return ml_collections.ConfigDict(out)
+
+
+def _merge_checked(base: dict, cfg: dict, where: str) -> dict:
+  _data_config.check_keys(cfg, base, where)
+  out = dict(base)
+  for k, v in cfg.items():
+    path = f"{where}.{k}"
+    if isinstance(base[k], dict) and path.removeprefix("config.") not in _OPEN_BLOCKS:
+      if not isinstance(v, dict):
+        raise ValueError(f"{path} must be a block of keys {sorted(base[k])}, got {v!r}")
+      v = _merge_checked(base[k], v, path)
+    out[k] = v
+  return out
 
 
 def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
