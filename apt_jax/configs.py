@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "train"
   c.seed = 42
   c.model = ml_collections.ConfigDict({"head": "pi0", "kwargs": ml_collections.ConfigDict()})
-  c.data = ml_collections.ConfigDict()  # kind: rlds (apt_jax.data.config) | fake (random batches of the spec)
+  c.data = data_block(kind="rlds")  # apt_jax.data.config: kind rlds (datasets needed) | fake (random batches)
   c.tokenizer_path = ""
   c.asset_id = ""                  # norm stats go to <step>/assets/<asset_id>/norm_stats.json (openpi layout)
   c.batch_size = 32                # global
@@ -157,23 +157,29 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def data_block(**fields) -> ml_collections.ConfigDict:
+  """A data block with every DataConfig field (the defaults unless given), so `--config.data.<field>=...` overrides
+  work on any experiment."""
+  return ml_collections.ConfigDict(_data_config.to_dict(_data_config.DataConfig(**fields)))
+
+
 def sample_data(**overrides) -> ml_collections.ConfigDict:
   """The shipped LIBERO-spec sample dataset (data/sample), with openpi's pi0_libero data choices."""
-  d = dict(kind="rlds",
-           datasets=[dict(name=SAMPLE_DATASET, data_dir=str(SAMPLE_DIR), adapter="libero", weight=1.0,
-                          split="train")],
-           norm_stats_path=str(SAMPLE_NORM_STATS), delta_action_dims=6, use_quantile_norm=False,
-           skip_bad_records=False, shuffle_buffer=1024)
+  d = dict(datasets=[dict(name=SAMPLE_DATASET, data_dir=str(SAMPLE_DIR), adapter="libero")],
+           norm_stats_path=str(SAMPLE_NORM_STATS), delta_action_dims=6, shuffle_buffer=1024)
   d.update(overrides)
-  return ml_collections.ConfigDict(d)
+  return _checked_data_block(d)
 
 
 def libero_data(data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """openvla's modified_libero_rlds, the 4 suites mixed with equal weight (openpi's pi0_libero choices)."""
   suites = ["libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops", "libero_10_no_noops"]
-  d = dict(kind="rlds",
-           datasets=[dict(name=s, data_dir=data_dir, adapter="libero", weight=1.0, split="train") for s in suites],
-           norm_stats_path=f"{data_dir}/norm_stats.json", delta_action_dims=6, use_quantile_norm=False,
-           skip_bad_records=True, shuffle_buffer=50_000)
+  d = dict(datasets=[dict(name=s, data_dir=data_dir, adapter="libero") for s in suites],
+           norm_stats_path=f"{data_dir}/norm_stats.json", delta_action_dims=6, skip_bad_records=True,
+           shuffle_buffer=50_000)
   d.update(overrides)
-  return ml_collections.ConfigDict(d)
+  return _checked_data_block(d)
+
+
+def _checked_data_block(d: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(_data_config.to_dict(_data_config.parse_data_config(d)))

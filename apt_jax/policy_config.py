@@ -62,20 +62,24 @@ class PolicyConfig:
 
 
 def policy_config_from_experiment(config) -> PolicyConfig:
-  """Inference settings implied by a training experiment config (`experiments/*.py`, through `configs.finalize`): the
-  data's delta actions, normalization and default prompt, the env of its first dataset's adapter, the tokenizer and
-  the asset id of the stats (the run's, or with per-dataset stats only, none: serving then picks the only one or
-  needs `--asset_id`)."""
+  """Inference settings implied by a training experiment config (`experiments/*.py`): the data's delta actions,
+  normalization and default prompt, the env of its first dataset's adapter, the tokenizer, and the asset id of the
+  norm stats: the run's `asset_id`, or with per-dataset stats only, the one dataset's name (several: none, serving
+  then needs `--asset_id`)."""
   data = _data_config.parse_data_config(config.data)
   adapter = data.datasets[0].adapter if data.datasets else PolicyConfig.env
+  own_stats = [e.name for e in data.datasets if e.norm_stats_path]
+  asset_id = config.asset_id or None
+  if not data.norm_stats_path and own_stats:
+    asset_id = own_stats[0] if len(own_stats) == 1 else None
   return PolicyConfig(
       env=adapter if adapter in _envs.ENVS else PolicyConfig.env,  # e.g. oxe_generic data: no request layout
       delta_action_dims=data.delta_action_dims,
       use_quantile_norm=data.use_quantile_norm,
-      normalized=bool(data.norm_stats_path or any(e.norm_stats_path for e in data.datasets)),
+      normalized=bool(data.norm_stats_path or own_stats),
       default_prompt=data.default_prompt,
       tokenizer_path=config.tokenizer_path or None,
-      asset_id=(config.asset_id or None) if data.norm_stats_path else None)
+      asset_id=asset_id)
 
 
 def write_policy_config(assets_dir: str | os.PathLike, config: PolicyConfig) -> pathlib.Path:
