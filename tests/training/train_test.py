@@ -233,6 +233,22 @@ def test_non_finite_params_stop_training_before_their_checkpoint(tmp_path):
   assert checkpoints.CheckpointManager(tmp_path / "checkpoints").all_steps() == []
 
 
+def test_non_finite_gradient_with_a_finite_loss_stops_before_the_checkpoint(tmp_path, monkeypatch):
+  """A loss term 0·sqrt(0·Σw) is 0, but its gradient is NaN (0·∞): the loss stays finite. The old loop checked only
+  the loss, so the NaN update was committed at the checkpoint."""
+  loss_fn = train._loss_fn
+
+  def nan_gradient(ctx, trainable, frozen, rng, batch):
+    w = trainable["state_proj"]["kernel"]
+    return loss_fn(ctx, trainable, frozen, rng, batch) + 0.0 * jax.numpy.sqrt(0.0 * jax.numpy.sum(w))
+
+  monkeypatch.setattr(train, "_loss_fn", nan_gradient)
+  config = debug_config("stage1", num_train_steps=2, ckpt_every_steps=1)
+  with pytest.raises(FloatingPointError, match=r"Non-finite grad_norm nan at step 0"):
+    train.main(config, tmp_path)
+  assert checkpoints.CheckpointManager(tmp_path / "checkpoints").all_steps() == []
+
+
 def test_optimizer_and_ema_reproduce_openpi_three_steps(openpi_fixture_dir, fixture_npz):
   """openpi's 3 training steps on the fixture (settings from its README): losses and grad norms; EMA by hand."""
   d = fixture_npz
