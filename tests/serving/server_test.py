@@ -230,6 +230,19 @@ def test_inference_error_is_closed_with_1011(tiny_policy, rng):
   assert code == 1011 and msg == "Internal server error: RuntimeError: the model fell over", msg
 
 
+def test_mixed_load_answers_every_malformed_request_with_1007_and_every_other_with_actions(server, tiny_policy):
+  """benchmarks/serving_soak.py at a small size: 4 clients, a quarter of the requests malformed (each kind)."""
+  from benchmarks import serving_soak
+
+  env = tiny_policy.transforms.env
+  out = serving_soak.soak(server.port, os.getpid(), 120, 4, 0.25, 0,
+                          lambda seed: env.example(np.random.default_rng(seed), prompt=serving_soak.PROMPT), (4, 7))
+  assert out["errors"]["unexpected"] == 0, out["errors"]["unexpected_examples"]
+  assert out["errors"]["expected_1007"] == out["malformed_sent"]
+  assert all(n > 0 for n in out["errors"]["by_kind"].values()), out["errors"]["by_kind"]
+  assert out["latency_ms"]["n"] + out["malformed_sent"] >= 120 - 120 // 20  # all but the warm-up are timed
+
+
 def test_concurrent_clients(server, tiny_policy):
   env = tiny_policy.transforms.env
 
