@@ -1,5 +1,6 @@
 """Blocks shared by the experiment configs (big_vision's `configs/common.py`): each experiment is one
-`experiments/<name>.py` with `get_config(arg)`, loaded by path (`--config experiments/x.py:arg`, `load`).
+`experiments/<name>.py` with `get_config(arg)`, loaded by path (`--config experiments/x.py:arg`, `load`, defined in
+`apt_jax.experiment_files`).
 
 `base_config()` lists every field the trainer reads, with its default (the data block's defaults are
 `apt_jax.data.config.DataConfig`'s, the model's its head config's); experiments override what they need. `finalize`
@@ -9,17 +10,15 @@ checks an experiment config against them: an unknown key anywhere is an error na
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
-import pathlib
 
 import ml_collections
 
 from apt_jax.data import config as _data_config
+from apt_jax.experiment_files import REPO_ROOT
+from apt_jax.experiment_files import load  # noqa: F401  (configs.load: the experiment loader)
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"   # the shipped LIBERO-spec sample (data/README.md)
 SAMPLE_DATASET = "libero_sample"
 SAMPLE_TOKENIZER = SAMPLE_DIR / "tokenizer.model"
@@ -31,19 +30,6 @@ STAGES = ("stage1", "stage2", "joint")
 # 48 prompt tokens).
 PALIGEMMA_3B = dict(dtype="bfloat16", paligemma_variant="gemma_2b", siglip_variant="So400m/14", action_dim=32,
                     max_token_len=48)
-
-
-def load(spec: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:arg]` -> the file's `get_config(arg)`, as `--config` of `python -m apt_jax.train` reads it."""
-  path, _, spec_arg = str(spec).partition(":")
-  arg = arg if arg is not None else (spec_arg or None)
-  module_path = pathlib.Path(path)
-  if not module_path.exists():
-    raise FileNotFoundError(f"--config: {module_path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location(f"_apt_experiment_{module_path.stem}", module_path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def model_config(config: ml_collections.ConfigDict) -> _model.BaseModelConfig:
