@@ -376,8 +376,8 @@ def maybe_initialize_distributed(config):
                                process_id=d.process_id, local_device_ids=d.get("local_device_ids"))
 
 
-def validate_config(config):
-  n = jax.device_count()
+def validate_config(config, num_devices: int | None = None):
+  n = num_devices or jax.device_count()
   if config.batch_size % n:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n})")
   if config.batch_size % config.get("grad_accum_steps", 1):
