@@ -6,9 +6,10 @@ instead: every `dot` and `convolution` (TPU writes batched matmuls as windowed c
 cost analysis counts it, 2 FLOPs per multiply-add, and multiplied by the trip counts of the loops around it.
 Elementwise ops are left out, as in an analytic matmul count.
 
-Trip count of a loop: XLA's `known_trip_count` when present, else its condition `i < N` on a constant N (the
-counters of jax's scan / fori_loop start at 0 and step by 1); a loop whose count cannot be read (a float
-condition, as in `sample_actions`) takes `default_trip_count` and is listed in `unresolved_loops`.
+Trip count of a loop: XLA's `known_trip_count` when present (CPU), else `for (i = init; i < N; i += step)` read
+from the condition, the body's update of i and the initial tuple (TPU: scans, and the SPMD partitioner's windowed
+einsum loops that step by 2); a loop whose count cannot be read (a float condition, as in `sample_actions`) takes
+`default_trip_count` and is listed in `unresolved_loops`.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _conv_flops(out, lhs, rhs, call) -> float:
   """XLA's HloCostAnalysis count: (in_features / groups) · out_features · (batch / batch_groups) · valid pairs."""
   lhs_l, rhs_l, out_l = re.fullmatch(r"(\w+)_(\w+)->(\w+)", _attr(call, "dim_labels")).groups()
   window = _attr(call, "window") or "{}"
-  spatial = [c for c in lhs_l if c.isdigit()]
+  spatial = sorted((c for c in lhs_l if c.isdigit()), key=int)  # window fields go by spatial number, not position
   n = len(spatial)
   field = lambda k, default: (list(map(int, re.findall(r"\d+", m.group(1)))) if (
       m := re.search(rf"\b{k}=([\dx_]+)", window)) else [default] * (2 * n if k == "pad" else n))
@@ -103,15 +104,58 @@ def _conv_flops(out, lhs, rhs, call) -> float:
   return 2.0 * fma
 
 
-def _trip_count(call: str, cond_lines: list[str]) -> tuple[int | None, str]:
+@dataclasses.dataclass
+class _Instr:
+  type: str
+  op: str
+  call: str        # "op(operands), attributes"
+
+  @property
+  def operands(self) -> list[str]:
+    return _operands(self.call)
+
+
+def _source(name: str, instrs: dict[str, _Instr]) -> _Instr | None:
+  """The instruction behind `name`, looking through copies, bitcasts and conversions."""
+  seen = 0
+  while name in instrs and instrs[name].op in ("copy", "bitcast", "convert") and seen < 16:
+    name, seen = instrs[name].operands[0], seen + 1
+  return instrs.get(name)
+
+
+def _int_constant(instr: _Instr | None) -> int | None:
+  m = instr and instr.op == "constant" and re.fullmatch(r"[su]\d+\[\]\S*", instr.type) and re.match(
+      r"constant\((-?\d+)\)", instr.call)
+  return int(m.group(1)) if m else None
+
+
+def _counter_index(instr: _Instr | None) -> int | None:
+  if instr and instr.op == "get-tuple-element":
+    return int(_attr(instr.call, "index"))
+  return None
+
+
+def _trip_count(call: str, instrs: dict[str, _Instr], roots: dict[str, str], init_tuple: str) -> tuple[int | None, str]:
+  """A while loop's trip count: XLA's `known_trip_count`, or a loop `for (i = init; i < N; i += step)` read from its
+  condition (ROOT compare(i, N), direction=LT), its body's update of i and the tuple it starts from."""
   known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', call)
   if known:
     return int(known.group(1)), "known_trip_count"
-  text = "\n".join(cond_lines)
-  consts = re.findall(r"= s32\[\]\S* constant\((\d+)\)", text)
-  if len(consts) == 1 and re.search(r"compare\(.*direction=LT", text):
-    return int(consts[0]), "condition i < N"
-  return None, "unresolved"
+  cond, body = instrs.get(roots.get(_attr(call, "condition").lstrip("%"), "")), _attr(call, "body").lstrip("%")
+  if not cond or cond.op != "compare" or _attr(cond.call, "direction") != "LT":
+    return None, "unresolved"
+  lhs, rhs = cond.operands
+  k, limit = _counter_index(_source(lhs, instrs)), _int_constant(_source(rhs, instrs))
+  update = _source(instrs[roots[body]].operands[k], instrs) if k is not None and body in roots else None
+  init = _source(instrs[init_tuple].operands[k], instrs) if k is not None and init_tuple in instrs else None
+  if limit is None or update is None or update.op != "add" or init is None:
+    return None, "unresolved"
+  a, b = (_source(o, instrs) for o in update.operands)
+  step = _int_constant(b) if _counter_index(a) == k else _int_constant(a) if _counter_index(b) == k else None
+  start = _int_constant(init)
+  if not step or step < 0 or start is None:
+    return None, "unresolved"
+  return max(0, -(-(limit - start) // step)), "condition i < N"
 
 
 _LOOP_PARTS = {"while", "body", "cond", "closed_call", "checkpoint", "rematted_computation"}
@@ -142,12 +186,16 @@ def count(hlo_text: str, *, default_trip_count: int = 1) -> HloFlops:
   if entry is None:
     raise ValueError("No ENTRY computation in the HLO text")
 
-  shapes = {}
-  for lines in comps.values():
+  instrs: dict[str, _Instr] = {}   # HLO instruction names are unique in a module
+  roots: dict[str, str] = {}        # computation -> its ROOT instruction
+  for comp, lines in comps.items():
     for line in lines:
       m = _INSTR.match(line)
       if m:
-        shapes[m.group(1)] = _dims(_split_type(m.group(2))[0])
+        type_str, call = _split_type(m.group(2))
+        instrs[m.group(1)] = _Instr(type_str, call[: call.index("(")] if "(" in call else call, call)
+        if line.lstrip().startswith("ROOT "):
+          roots[comp] = m.group(1)
 
   local: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)  # computation -> [(flops, op_name)]
   calls: dict[str, list[tuple[str, int, str]]] = collections.defaultdict(list)  # -> [(callee, factor, op_name)]
@@ -157,16 +205,16 @@ def count(hlo_text: str, *, default_trip_count: int = 1) -> HloFlops:
       m = _INSTR.match(line)
       if not m:
         continue
-      type_str, call = _split_type(m.group(2))
-      op = call[: call.index("(")] if "(" in call else call
+      instr = instrs[m.group(1)]
+      op, call = instr.op, instr.call
       op_name = m.group(1) if (m := re.search(r'op_name="([^"]*)"', call)) else ""
       if op in ("dot", "convolution"):
-        a, b = (shapes[o] for o in _operands(call)[:2])
-        f = _dot_flops(_dims(type_str), a, call) if op == "dot" else _conv_flops(_dims(type_str), a, b, call)
-        local[name].append((f, op_name))
+        a, b = (_dims(instrs[o].type) for o in instr.operands[:2])
+        out = _dims(instr.type)
+        local[name].append((_dot_flops(out, a, call) if op == "dot" else _conv_flops(out, a, b, call), op_name))
       elif op == "while":
-        body, cond = _attr(call, "body").lstrip("%"), _attr(call, "condition").lstrip("%")
-        n, how = _trip_count(call, comps.get(cond, []))
+        body = _attr(call, "body").lstrip("%")
+        n, how = _trip_count(call, instrs, roots, instr.operands[0])
         if n is None:
           unresolved.append(body)
           n = default_trip_count

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 
 
@@ -95,6 +96,8 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
                        "`pip install -r requirements-tpu.txt`)")
   from jax.experimental import topologies
 
+  # libtpu admits one process per host (/tmp/libtpu_lockfile) to guard real chips; compile-only devices hold none.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
   return topologies.get_topology_desc(topology.name, "tpu", chip_config_name=topology.chip.chip_config_name,
                                       **kwargs).devices

@@ -52,3 +52,20 @@ def test_a_loop_with_a_float_condition_is_reported_and_takes_the_default_count()
   once, four = hlo_flops.count(text), hlo_flops.count(text, default_trip_count=4)
   assert once.flops == 2 * M * K * K and four.flops == 4 * 2 * M * K * K
   assert len(four.unresolved_loops) == 1 and four.loops[0]["from"] == "unresolved"
+
+
+def test_tpu_windowed_einsum_loop_and_batched_matmul_convolutions(libtpu):
+  """On TPU an FSDP matmul becomes a collective-matmul loop stepping by 2, and batched matmuls become convolutions
+  whose spatial labels are out of order (dim_labels=1b0f_0io1->1bf0): both counted exactly."""
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  from apt_jax.tools import tpu
+
+  mesh = Mesh(np.array(tpu.topology_devices(tpu.parse_topology("v5e:2x4"))).reshape(1, 8), ("data", "fsdp"))
+  b, t, d, f = 64, 256, 2048, 4096
+  x = jax.ShapeDtypeStruct((b, t, d), jnp.bfloat16, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
+  w = jax.ShapeDtypeStruct((d, f), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp", None)))
+  result = hlo_flops.count(jax.jit(lambda x, w: x @ w).lower(x, w).compile().as_text())
+  assert result.flops * 8 == 2 * b * t * d * f
+  assert [(loop["trip_count"], loop["from"]) for loop in result.loops] == [(2, "condition i < N")]
