@@ -97,7 +97,7 @@ def compile_report(fn, args, *, chip=None, chips: int = 1, analytic_flops: float
     report["flops_vs_analytic"] = round(flops.flops * chips / analytic_flops, 4)
   if chip is not None:
     seconds = flops.flops / (chip.peak_bf16_tflops * 1e12)
-    report["step_time_lower_bound_s"] = round(seconds, 4)
+    report["step_time_lower_bound_s"] = float(f"{seconds:.4g}")
     if analytic_flops is not None:
       # At the peak rate the step would take `seconds`; useful (model) FLOPs over what that time allows.
       report["mfu_upper_bound"] = round(analytic_flops / (flops.flops * chips), 4)
@@ -116,6 +116,7 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
   from apt_jax import sharding as _sharding
   from apt_jax import train
   from apt_jax import tree as tree_lib
+  from apt_jax.models import model as _model
   from apt_jax.models import pi0 as _pi0
   from apt_jax.tools import pi0_flops
   from apt_jax.tools import tpu
@@ -155,22 +156,24 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
     report["analytic_train_flops"] = analytic
 
   if serving:
-    # As the policy server runs it: params (EMA if any) restored in bf16, a batch of `serving_batch` requests.
-    params_tree = _optimizer.combine(state.ema_params if state.ema_params is not None else state.params, state.frozen)
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16, sharding=x.sharding), params_tree)
-    obs = abstract_batch(model_config, serving_batch, _sharding.replicated(mesh))
+    # As the policy server runs it: on one chip, params (EMA if any) restored in bf16, `serving_batch` requests.
+    one = _sharding.replicated(_sharding.make_mesh(1, devices[:1]))
+    params_tree = _optimizer.combine(setup.abstract_state.ema_params if state.ema_params is not None
+                                     else setup.abstract_state.params, setup.abstract_state.frozen)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16, sharding=one), params_tree)
+    obs = abstract_batch(model_config, serving_batch, one)
     del obs["actions"]
     num_steps = getattr(model_config, "num_steps", None) or 10
 
     def sample(params, rng, obs):
-      from apt_jax.models import model as _model
       model = model_config.model_class()(config=model_config, params=params)
       return model.sample_actions(rng, _model.Observation.from_dict(obs))
 
     analytic_sample = (pi0_flops.sample_actions_flops(model_config, serving_batch, num_steps)["total"]
                        if is_pi0 and model_config.objective == "flow" else None)
+    rng_one = jax.ShapeDtypeStruct((), rng.dtype, sharding=one)
     report["sample_actions"] = {"batch_size": serving_batch, "num_steps": num_steps, **compile_report(
-        jax.jit(sample), (params, rng, obs), chip=chip, chips=len(devices), analytic_flops=analytic_sample,
+        jax.jit(sample), (params, rng_one, obs), chip=chip, analytic_flops=analytic_sample,
         default_trip_count=num_steps)}
   return report
 
@@ -188,7 +191,7 @@ def main(argv=None):
   flags.DEFINE_string("topology", None, "TPU slice to compile for: v5e:4x4 (libtpu) or v5e-16 (Cloud TPU name).")
   flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (the mesh's `dcn` axis).")
   flags.DEFINE_integer("devices", 8, "Fake CPU devices for the mesh when no --topology is given.")
-  flags.DEFINE_bool("serving", True, "Also compile sample_actions (bf16 params, as the policy server).")
+  flags.DEFINE_bool("serving", True, "Also compile sample_actions on one chip (bf16 params, as the policy server).")
   flags.DEFINE_integer("serving_batch", 1, "Requests per sample_actions call.")
   flags.mark_flags_as_required(["config"])
 

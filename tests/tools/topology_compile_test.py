@@ -48,7 +48,7 @@ def test_v5e_compile_holds_the_fsdp_share_of_params_and_adam_state(v5e_2x2):
   assert 3 * params <= step["per_chip_bytes"]["argument"] <= 1.01 * 3 * params
   assert step["per_chip_bytes"]["alias"] >= 3 * params  # the state is donated: updated in place
   assert step["fits"] and step["hbm_GiB"] == 16
-  assert step["step_time_lower_bound_s"] == round(step["flops_per_chip"] / 197e12, 4)
+  assert step["step_time_lower_bound_s"] == pytest.approx(step["flops_per_chip"] / 197e12, rel=1e-3)
   # The compiled program does the analytic work (the TPU compiler may drop a dead slice of a gradient, never add).
   assert 0.99 <= step["flops_vs_analytic"] <= 1.0
 
