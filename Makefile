@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # CPU runs stay on the CPU even with libtpu installed (it only serves `aot_check --topology` here).
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv venv-tpu test test-all demo bench clean
+.PHONY: venv venv-tpu test test-all lint demo bench clean
 
 venv: $(STAMP)
 
@@ -37,8 +37,14 @@ test: venv-tpu
 test-all: venv-tpu
 	$(BIN)/python -m pytest -q tests
 
+lint: venv
+	$(BIN)/ruff check .
+
+# --resume: a fresh clone runs the whole demo; a second `make demo` reuses what the first finished (all of it, or up
+# to where it was interrupted) instead of deleting ~10 min of results. Start over with `make demo DEMO_FLAGS=--overwrite`.
+DEMO_FLAGS ?= --resume
 demo: venv
-	$(BIN)/python -m apt_jax.demo
+	$(BIN)/python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo $(DEMO_FLAGS)
 
 bench: venv
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

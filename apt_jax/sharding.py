@@ -13,7 +13,8 @@ import logging
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DCN_AXIS = "dcn"
 DATA_AXIS = "data"

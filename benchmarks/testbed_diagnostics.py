@@ -1,4 +1,5 @@
-"""Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop, as JSON.
+"""Where the testbed's policies fall short: one recipe trained on a simplified task (a probe), evaluated closed loop,
+as JSON.
 
     .venv/bin/python benchmarks/testbed_diagnostics.py --workdir out/demo [--probe base] [--recipe pi0_joint]
         [--steps 2000] [--batch_size 16] [--episodes 64] [--splits seen,paraphrase] [--layout fixed]
@@ -37,14 +38,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-from apt_jax.envs import tabletop as T  # noqa: E402
+from apt_jax import configs  # noqa: E402
 from apt_jax.models import gemma as _gemma  # noqa: E402
 from apt_jax.models import pi0 as _pi0  # noqa: E402
 from apt_jax.models import tokenizer as _tokenizer  # noqa: E402
 from apt_jax.testbed import experiment as E  # noqa: E402
 from apt_jax.testbed import language as L  # noqa: E402
+from apt_jax.testbed import tabletop as T  # noqa: E402
 from apt_jax.testbed import vla  # noqa: E402
 
+DEMO = configs.load(REPO / "experiments" / "testbed_demo.py")
 PROBES = ("base", "goal_in_state", "one_object")
 
 
@@ -77,13 +80,13 @@ def main(argv=None):
   p.add_argument("--recipe", default="pi0_joint", choices=tuple(E.RECIPES))
   p.add_argument("--steps", type=int, default=2000)
   p.add_argument("--batch_size", type=int, default=16)
-  p.add_argument("--lr", type=float, default=E.DEMO["vla"]["lr"])
+  p.add_argument("--lr", type=float, default=DEMO.vla.lr)
   p.add_argument("--episodes", type=int, default=64)
   p.add_argument("--splits", default="seen,paraphrase")
-  p.add_argument("--layout", default=E.DEMO["data"]["layout"], choices=T.LAYOUTS)
-  p.add_argument("--clean_labels", type=int, default=int(E.DEMO["data"]["clean_labels"]), choices=(0, 1))
-  p.add_argument("--stage2_prefix_mask", default=E.SIZE["stage2_prefix_mask"], choices=_pi0.STAGE2_PREFIX_MASKS)
-  p.add_argument("--fusion_gate", default=E.SIZE["fusion_gate"], choices=_gemma.FUSION_GATES)
+  p.add_argument("--layout", default=DEMO.data.layout, choices=T.LAYOUTS)
+  p.add_argument("--clean_labels", type=int, default=int(DEMO.data.clean_labels), choices=(0, 1))
+  p.add_argument("--stage2_prefix_mask", default=DEMO.size.stage2_prefix_mask, choices=_pi0.STAGE2_PREFIX_MASKS)
+  p.add_argument("--fusion_gate", default=DEMO.size.fusion_gate, choices=_gemma.FUSION_GATES)
   p.add_argument("--seed", type=int, default=0, help="training seed and evaluation scenes (the demo's data either way)")
   args = p.parse_args(argv)
   wd = pathlib.Path(args.workdir)
@@ -95,7 +98,7 @@ def main(argv=None):
   for s in splits:
     if s not in L.SPLITS:
       raise ValueError(f"--splits: unknown split {s!r}; expected some of {L.SPLITS}")
-  cfg = copy.deepcopy(E.DEMO)
+  cfg = copy.deepcopy(DEMO)
   cfg["vla"].update(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
   cfg["eval"].update(episodes_per_split=args.episodes)
   cfg["data"].update(clean_labels=bool(args.clean_labels), layout=args.layout)
@@ -115,7 +118,7 @@ def main(argv=None):
       ok, target, anyh = vla.rollout(policy, state, tokens, masks, steps=e["max_steps"], replan=e["replan"],
                                      seed=args.seed, chunk=len(tokens), return_grasp=True, return_any_held=True)
       out[split] = dict(success=float(ok.mean()), target_grasped=float(target.mean()), any_held=float(anyh.mean()),
-                        n=int(len(ok)))
+                        n=len(ok))
   print(json.dumps(dict(probe=args.probe, recipe=args.recipe, steps=args.steps, batch_size=args.batch_size,
                         layout=args.layout, clean_labels=bool(args.clean_labels),
                         stage2_prefix_mask=args.stage2_prefix_mask, fusion_gate=args.fusion_gate, seed=args.seed,

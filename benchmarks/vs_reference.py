@@ -1,9 +1,10 @@
 """apt_jax's π0 against openpi's own JAX π0, side by side, and against the analytic FLOP count. Prints JSON.
 
-  python benchmarks/vs_reference.py [--sizes tiny,medium] [--batches 2,8] [--reps 5] \
+  python benchmarks/vs_reference.py [--sizes small,medium] [--batches 2,8] [--reps 5] \
       [--reference "/tmp/openpi_venv/bin/python benchmarks/openpi_reference.py /tmp/openpi/src"]
 
-Per size and batch: the gradient step (value_and_grad of the mean `compute_loss(train=True)`: augmentation on, as
+Sizes are `apt_jax.testing.SIZES` ("small" is the openpi parity fixture's, the issue's "tiny"). Per size and batch:
+the gradient step (value_and_grad of the mean `compute_loss(train=True)`: augmentation on, as
 openpi's training) of plain π0 (joint), APT Stage 1 and Stage 2, and `sample_actions` (10 Euler steps), bf16, the
 same random inputs for both implementations. Times are medians of `--reps` calls after a warm-up, taken in
 interleaved rounds (apt_jax joint, openpi, Stage 1, Stage 2, ...) so that a load change on the machine hits every
@@ -27,14 +28,13 @@ import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from pi0_step import SIZES  # noqa: E402
 
 from apt_jax import optimizer as _optimizer  # noqa: E402
+from apt_jax import testing  # noqa: E402
 from apt_jax.models import model as _model  # noqa: E402
 from apt_jax.models import pi0  # noqa: E402
 from apt_jax.tools import hlo_flops, pi0_flops  # noqa: E402
@@ -71,7 +71,7 @@ class AptJax:
   """One APT stage's compiled grad step and sample_actions, with their FLOPs."""
 
   def __init__(self, size, stage, x, *, with_sample: bool):
-    self.config = pi0.Pi0Config(apt_stage=stage, dtype="bfloat16", **SIZES[size])
+    self.config = pi0.Pi0Config(apt_stage=stage, dtype="bfloat16", **testing.SIZES[size])
     params = self.config.create(jax.random.key(0)).params
     trainable, frozen = _optimizer.partition(params, self.config.freeze_filter)
     if frozen:  # frozen params are stored in bf16, as in training (config.frozen_dtype)
@@ -120,7 +120,7 @@ class Reference:
   """openpi's π0 in its own venv (`openpi_reference.py`), one timed call per request."""
 
   def __init__(self, command: str, size: str, inputs_path: str):
-    spec = {"sizes": SIZES[size], "dtype": "bfloat16", "inputs": inputs_path, "num_steps": NUM_STEPS,
+    spec = {"sizes": testing.SIZES[size], "dtype": "bfloat16", "inputs": inputs_path, "num_steps": NUM_STEPS,
             "hlo_flops_path": str(pathlib.Path(hlo_flops.__file__).resolve())}
     self.proc = subprocess.Popen(shlex.split(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -143,7 +143,7 @@ class Reference:
 
 
 def bench(size: str, batch: int, reps: int, reference: str | None) -> dict:
-  x = make_inputs(pi0.Pi0Config(**SIZES[size]), batch)
+  x = make_inputs(pi0.Pi0Config(**testing.SIZES[size]), batch)
   apt = {stage: AptJax(size, stage, x, with_sample=stage == "none") for stage in STAGES}
   runners = {f"apt_jax/{s}": a for s, a in apt.items()}
   out = {"size": size, "batch": batch, "flops": {s: a.flops for s, a in apt.items()}}
@@ -176,11 +176,11 @@ def bench(size: str, batch: int, reps: int, reference: str | None) -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--sizes", default="tiny,medium")
+  p.add_argument("--sizes", default="small,medium")
   p.add_argument("--batches", default="2,8")
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--reference", default=None, help="command starting benchmarks/openpi_reference.py in an openpi venv")
-  p.add_argument("--reference_sizes", default="tiny", help="sizes to run the reference at (compiles are slow)")
+  p.add_argument("--reference_sizes", default="small", help="sizes to run the reference at (compiles are slow)")
   args = p.parse_args()
   rows = [bench(size, batch, args.reps, args.reference if size in args.reference_sizes.split(",") else None)
           for size in args.sizes.split(",") for batch in map(int, args.batches.split(","))]

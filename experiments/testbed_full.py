@@ -1,6 +1,6 @@
 r"""Laptop-scale APT testbed, the longer run whose numbers the README reports (issue #7).
 
-  python -m apt_jax.demo --config full --workdir out/testbed_full
+  python -m apt_jax.demo --config experiments/testbed_full.py --workdir out/testbed_full
 
 Hardware: 2 CPU cores. Measured (2026-11-24): 29.2 min wall (VLM 2500 steps 199 s; 6 recipes x 3 seeds x 10 000 VLA
 steps at batch 16 + evaluation 1535 s). Same pipeline and VLM as experiments/testbed_demo.py with 3 seeds instead
@@ -11,16 +11,16 @@ Result (README, Results; outputs in docs/testbed_full/), success pooled over 3 s
 but APT does not beat π0 on any split (it ties on paraphrases and trails elsewhere).
 """
 
-import copy
+import pathlib
 
-from apt_jax.testbed import experiment
+from apt_jax import configs
 
 
 def get_config(arg=None):
   del arg
-  c = copy.deepcopy(experiment.DEMO)
-  c["seeds"] = (0, 1, 2)
-  c["data"].update(episodes=600)
-  c["vla"].update(steps=10000, batch_size=16)
-  c["eval"].update(episodes_per_split=40)
+  c = configs.load(pathlib.Path(__file__).with_name("testbed_demo.py"))
+  c.seeds = (0, 1, 2)
+  c.data.episodes = 600
+  c.vla.update(steps=10000, batch_size=16)
+  c.eval.episodes_per_split = 40
   return c

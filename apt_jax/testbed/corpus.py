@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 
 ROWS = ("top", "upper", "middle", "lower", "bottom")
 COLS = ("far-left", "left", "center", "right", "far-right")
@@ -79,8 +79,8 @@ CURRICULUM = ((0.2, (0.0, 1.0, 0.0, 0.0, 0.0, 0.0)),
 
 
 def generate(num_scenes: int, qa_per_scene: int, seed: int, image_size: int = T.IMAGE_SIZE):
-  """-> images [S, H, W, 3] uint8, a list of (scene index, question, answer), task ids [N]. Scene seeds are disjoint from the
-  VLA demonstrations and evaluation scenes (they start at 9_000_000)."""
+  """-> images [S, H, W, 3] uint8, a list of (scene index, question, answer), task ids [N]. Scene seeds are disjoint
+  from the VLA demonstrations and evaluation scenes (they start at 9_000_000)."""
   rng = np.random.default_rng([seed, 3])
   scene_seeds = [9_000_000 + seed * 100_000 + i for i in range(num_scenes)]
   state = T.reset(scene_seeds)

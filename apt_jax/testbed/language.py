@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 
 SYNONYMS = {
     "red": ("crimson", "scarlet"), "green": ("emerald", "lime"), "blue": ("navy", "azure"),
@@ -23,7 +23,8 @@ SYNONYMS = {
 }
 PARAPHRASE_WORDS = frozenset(w for v in SYNONYMS.values() for w in v) | {"place", "into", "drop", "onto", "move"}
 TRAIN_TEMPLATE = "put the {colour} {shape} in the {container}"
-PARAPHRASE_TEMPLATES = ("place the {colour} {shape} into the {container}", "drop the {colour} {shape} into the {container}",
+PARAPHRASE_TEMPLATES = ("place the {colour} {shape} into the {container}",
+                        "drop the {colour} {shape} into the {container}",
                         "move the {colour} {shape} onto the {container}")
 # Held-out pairs: each object kind and each container keeps at least one training pair.
 HELDOUT_PAIRS = frozenset({(0, 2), (1, 0), (2, 1), (3, 2), (4, 0), (5, 1), (6, 2), (7, 0)})
@@ -52,8 +53,8 @@ def training_tasks(num_episodes: int, seed: int = 0):
 
 
 def eval_tasks(split: str, num_episodes: int, seed: int = 0, train_seeds=None, train_pairs=None):
-  """-> (scene seeds, target pairs, instructions[, scene pairs for task_perturb]) for one evaluation split (disjoint from training scenes except
-  task_perturb, which reuses training scenes with another target)."""
+  """-> (scene seeds, target pairs, instructions[, scene pairs for task_perturb]) for one evaluation split (disjoint
+  from training scenes except task_perturb, which reuses training scenes with another target)."""
   rng = np.random.default_rng([seed, 2, SPLITS.index(split)])
   base = 5_000_000 + 100_000 * SPLITS.index(split) + 1000 * seed
   if split in ("seen", "paraphrase"):

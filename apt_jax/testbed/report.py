@@ -6,8 +6,6 @@ import json
 import math
 import pathlib
 
-from apt_jax.testbed import language as L
-
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
   if n == 0:
@@ -40,8 +38,8 @@ def markdown(tab: dict, labels: dict | None = None) -> str:
 
 
 def plot(tab: dict, path, labels: dict | None = None) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
+  import matplotlib as mpl
+  mpl.use("Agg")  # no display needed
   import matplotlib.pyplot as plt
   import numpy as np
 

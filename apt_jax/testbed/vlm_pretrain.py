@@ -37,7 +37,8 @@ class PaliGemmaLM(nn.Module):
                              remat_policy="none")
 
   def __call__(self, images, tokens, input_mask, ar):
-    """images float [B, H, W, 3] in [-1, 1] (the config's image_resolution); tokens [B, L]; input_mask [B, L]; ar [B, L] -> logits [B, L, V]."""
+    """images float [B, H, W, 3] in [-1, 1] (the config's image_resolution); tokens, input_mask, ar [B, L]
+    -> logits [B, L, V]."""
     img = self.img(images)
     n = img.shape[1]
     x = jnp.concatenate([img, self.llm.embed(tokens)], axis=1)
@@ -55,14 +56,14 @@ def encode_qa(tokenizer, qa, prefix_len: int, suffix_len: int):
 
   Prefix: BOS + question + "\\n" (π0's prompt format), ar=False. Suffix: answer + EOS, ar=True, loss on it.
   """
-  sp = tokenizer._sp
+  tok = tokenizer
   n = len(qa)
   L = prefix_len + suffix_len
   tokens = np.zeros((n, L), np.int32)
   mask, ar, loss = (np.zeros((n, L), bool) for _ in range(3))
   for i, (_, q, a) in enumerate(qa):
-    p = ([sp.bos_id()] + sp.encode(q) + sp.encode("\n"))[:prefix_len]
-    s = (sp.encode(a) + [sp.eos_id()])[:suffix_len]
+    p = ([tok.bos_id] + tok.encode(q) + tok.encode("\n"))[:prefix_len]
+    s = (tok.encode(a) + [tok.eos_id])[:suffix_len]
     tokens[i, :len(p)] = p
     tokens[i, len(p):len(p) + len(s)] = s
     mask[i, :len(p) + len(s)] = True
@@ -108,7 +109,8 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
   images, qa, _ = train_data
   arrays = encode_qa(tokenizer, qa, prefix_len, suffix_len)
   scene = np.array([i for i, _, _ in qa])
-  params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1], model_config.image_resolution), *[jnp.asarray(a[:1]) for a in arrays[:3]])
+  params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1], model_config.image_resolution),
+                                *[jnp.asarray(a[:1]) for a in arrays[:3]])
   params = params["params"]
   # SigLIP's head is zero-initialised (big_vision): the image tokens start at 0 and a tiny model takes thousands of
   # steps to start looking at the image. A LeCun-normal head starts vision and text on an equal footing.
@@ -156,12 +158,12 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, *, 
 def curriculum_weights(curriculum, step: int, steps: int) -> np.ndarray:
   """Task weights [NUM_TASKS] of the phase that `step` (0-based, of `steps`) falls in: the first phase whose
   `until * steps` exceeds it; the last phase covers the rest."""
-  for until, weights in curriculum:
-    if step < round(until * steps):   # round: 0.55 * 100 is 55.00000000000001
-      break
+  # round: 0.55 * 100 is 55.00000000000001
+  weights = next((w for until, w in curriculum if step < round(until * steps)), curriculum[-1][1])
   weights = np.asarray(weights, float)
   if weights.shape != (corpus.NUM_TASKS,) or (weights < 0).any() or weights.sum() <= 0:
-    raise ValueError(f"curriculum weights {weights.tolist()} must be {corpus.NUM_TASKS} non-negative numbers, not all 0")
+    raise ValueError(f"curriculum weights {weights.tolist()} must be {corpus.NUM_TASKS} non-negative numbers, "
+                     "not all 0")
   return weights
 
 
@@ -174,7 +176,8 @@ def evaluate(module, params, tokenizer, data, prefix_len, suffix_len, batch_size
   for lo in range(0, len(qa), batch_size):
     idx = np.arange(lo, min(len(qa), lo + batch_size))
     idx = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])
-    exact.append(np.asarray(fn(params, (images[scene[idx]],) + tuple(a[idx] for a in arrays)))[: min(batch_size, len(qa) - lo)])
+    out = fn(params, (images[scene[idx]],) + tuple(a[idx] for a in arrays))
+    exact.append(np.asarray(out)[: min(batch_size, len(qa) - lo)])
   exact = np.concatenate(exact)
   task = np.asarray(task)
   acc = {name: float(exact[task == t].mean()) for t, name in enumerate(corpus.TASK_NAMES) if (task == t).any()}

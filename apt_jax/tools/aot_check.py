@@ -35,19 +35,6 @@ def _set_device_count(argv):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def abstract_batch(model_config, batch_size: int, sharding) -> dict:
-  """The train step's batch (openpi layout, images uint8) as sharded ShapeDtypeStructs."""
-  import jax
-  import jax.numpy as jnp
-
-  obs, act = model_config.inputs_spec(batch_size=batch_size)
-  s = lambda x, dtype=None: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=sharding)
-  return {"image": {k: s(v, jnp.uint8) for k, v in obs.images.items()},
-          "image_mask": {k: s(v) for k, v in obs.image_masks.items()},
-          "state": s(obs.state), "tokenized_prompt": s(obs.tokenized_prompt, jnp.int32),
-          "tokenized_prompt_mask": s(obs.tokenized_prompt_mask), "actions": s(act)}
-
-
 def _memory(compiled) -> dict:
   mem = compiled.memory_analysis()
   out = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp", "generated_code")}
@@ -107,15 +94,15 @@ def compile_report(fn, args, *, chip=None, chips: int = 1, analytic_flops: float
 def aot_check(config, *, topology: str | None = None, num_slices: int = 1, serving: bool = True,
               serving_batch: int = 1) -> dict:
   """Compiles `config`'s train step (and `sample_actions`) for a TPU topology, or a fake CPU mesh without one."""
-  import functools
-
   import jax
   import jax.numpy as jnp
 
+  from apt_jax import configs
   from apt_jax import optimizer as _optimizer
   from apt_jax import sharding as _sharding
   from apt_jax import train
   from apt_jax import tree as tree_lib
+  from apt_jax.data.batch import abstract_batch
   from apt_jax.models import model as _model
   from apt_jax.models import pi0 as _pi0
   from apt_jax.tools import pi0_flops
@@ -124,7 +111,7 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
   topo = tpu.parse_topology(topology) if topology else None
   devices = tpu.topology_devices(topo, num_slices) if topo else jax.devices()
   chip = topo.chip if topo else None
-  model_config = train.model_config_from(config)
+  model_config = configs.model_config(config)
   mesh = _sharding.make_mesh(config.mesh.get("fsdp_devices", 1), devices, num_slices=num_slices)
   train.validate_config(config, num_devices=len(devices))
   setup = train.make_setup(config, model_config, mesh)
@@ -135,8 +122,6 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
   is_pi0 = isinstance(model_config, _pi0.Pi0Config)
   analytic = pi0_flops.train_step_flops(model_config, config.batch_size) if is_pi0 else None
 
-  step = jax.jit(functools.partial(train.train_step, setup.ctx), out_shardings=(setup.state_shardings, None),
-                 donate_argnums=(1,))
   batch = abstract_batch(model_config, config.batch_size, data)
   report = {
       "config": config.get("name"), "topology": topo.name if topo else None,
@@ -149,7 +134,7 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
       "state_per_chip_bytes": {k: _sharding.per_device_bytes(v) if jax.tree.leaves(v) else 0 for k, v in (
           ("trainable_params", state.params), ("frozen_params", state.frozen), ("optimizer", state.opt_state),
           ("ema", state.ema_params))},
-      "train_step": compile_report(step, (rng, state, batch), chip=chip, chips=len(devices),
+      "train_step": compile_report(setup.jit_train_step(), (rng, state, batch), chip=chip, chips=len(devices),
                                    analytic_flops=analytic and analytic["model"]),
   }
   if analytic:
@@ -161,8 +146,7 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
     params_tree = _optimizer.combine(setup.abstract_state.ema_params if state.ema_params is not None
                                      else setup.abstract_state.params, setup.abstract_state.frozen)
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16, sharding=one), params_tree)
-    obs = abstract_batch(model_config, serving_batch, one)
-    del obs["actions"]
+    obs = {k: v for k, v in abstract_batch(model_config, serving_batch, one).items() if k != "actions"}
     num_steps = getattr(model_config, "num_steps", None) or 10
 
     def sample(params, rng, obs):

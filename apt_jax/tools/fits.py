@@ -61,12 +61,8 @@ def settings(config_fsdp: int, chips: int):
 
 
 def _config_fsdp(row: Row) -> int:
-  import importlib.util
-  path, _, arg = row.config.partition(":")
-  spec = importlib.util.spec_from_file_location("_fits_experiment", REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None).mesh.fsdp_devices
+  from apt_jax import configs
+  return configs.load(REPO / row.config).mesh.fsdp_devices
 
 
 def compile_cell(row: Row, topology: str, fsdp: int, accum: int, cache: pathlib.Path) -> dict:

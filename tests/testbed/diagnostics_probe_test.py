@@ -1,4 +1,5 @@
-"""benchmarks/testbed_diagnostics.py's probes change exactly what they claim, keep the task solvable, and undo themselves."""
+"""benchmarks/testbed_diagnostics.py's probes change exactly what they claim, keep the task solvable, and undo
+themselves."""
 
 import importlib.util
 import pathlib
@@ -6,8 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "testbed_diagnostics.py"
@@ -43,10 +44,10 @@ def test_one_object_probe_stays_solvable(layout):
 
 
 def test_probe_undoes_itself_on_error():
-  before = (T.NUM_OBJECTS, T._sample_positions, T.observe_state)
+  before = (T.NUM_OBJECTS, T.sample_positions, T.observe_state)
   with pytest.raises(RuntimeError), D.probe("one_object"):
     assert T.NUM_OBJECTS == 1
     raise RuntimeError("boom")
-  assert (T.NUM_OBJECTS, T._sample_positions, T.observe_state) == before
+  assert (T.NUM_OBJECTS, T.sample_positions, T.observe_state) == before
   with pytest.raises(ValueError, match="--probe='nope'"), D.probe("nope"):
     pass

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
 from apt_jax.testbed import report
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 
 

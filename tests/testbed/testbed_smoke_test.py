@@ -8,9 +8,10 @@ import pytest
 
 @pytest.mark.slow
 def test_testbed_pipeline_tiny(tmp_path):
+  from apt_jax import configs
   from apt_jax.testbed import experiment
-  from experiments import testbed_demo
-  summary = experiment.run(testbed_demo.tiny_config(), tmp_path, command="test")
+  config = configs.load(configs.REPO_ROOT / "experiments" / "testbed_demo.py", "tiny")
+  summary = experiment.run(config, tmp_path, command="test")
   assert summary["expert_success"] >= 0.95
   tab = json.loads((tmp_path / "results.json").read_text())["table"]
   assert set(tab) == set(experiment.RECIPES)

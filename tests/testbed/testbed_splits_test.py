@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
 from apt_jax.testbed import corpus
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 
 
 def _words(texts):
@@ -49,7 +49,7 @@ def test_compositional_split_uses_only_heldout_pairs_and_seen_words():
 
 def test_task_perturbation_reuses_training_scenes_with_another_target():
   tseeds, tpairs, _ = L.training_tasks(100, seed=0)
-  seeds, pairs, instr, scene_pairs = L.eval_tasks("task_perturb", 40, seed=0, train_seeds=tseeds, train_pairs=tpairs)
+  seeds, pairs, _, scene_pairs = L.eval_tasks("task_perturb", 40, seed=0, train_seeds=tseeds, train_pairs=tpairs)
   assert len(seeds) == 40
   state = L.scenes(seeds, pairs, scene_pairs)
   for i, s in enumerate(seeds):

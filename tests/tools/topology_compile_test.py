@@ -6,14 +6,13 @@ import jax
 import numpy as np
 import pytest
 
-from apt_jax import train
+from apt_jax import configs
 from apt_jax.tools import aot_check
-from experiments import debug
 
 
 def _tile_aligned_config(fsdp_devices):
   """A small joint π0 whose sharded dims stay multiples of TPU tiles (128 lanes), so layout padding is ~0."""
-  config = debug.get_config("joint")
+  config = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", "joint")
   w = dict(width=512, depth=2, mlp_dim=1024, num_heads=2, num_kv_heads=1, head_dim=128)
   config.model.kwargs.update(dict(
       paligemma_variant=w, action_expert_variant=w, vocab_size=512, image_keys=("base_0_rgb",),
@@ -29,7 +28,7 @@ def _hand_count_per_chip(config, fsdp):
   """openpi's FSDP rule with no size floor: a ≥2-d param with an axis divisible by the fsdp size is split fsdp ways;
   the rest is replicated. f32 params."""
   total = 0
-  for x in jax.tree.leaves(train.model_config_from(config).abstract_params()):
+  for x in jax.tree.leaves(configs.model_config(config).abstract_params()):
     nbytes = math.prod(x.shape) * np.dtype(x.dtype).itemsize
     total += nbytes // fsdp if len(x.shape) >= 2 and any(d % fsdp == 0 for d in x.shape) else nbytes
   return total

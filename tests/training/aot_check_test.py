@@ -1,14 +1,16 @@
 """The AOT check compiles the train step from shapes on a fake CPU mesh (TPU topologies: tests/tools)."""
 
+from apt_jax import configs
 from apt_jax.tools import aot_check
-from experiments import debug
 
 
 def test_aot_check_compiles_from_shapes_and_fsdp_shrinks_per_device_params():
-  config = debug.get_config("joint")
+  config = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", "joint")
   config.mesh.fsdp_devices = 4
   config.mesh.min_fsdp_mbytes = 0.0
   out = aot_check.aot_check(config, serving=False)
   assert out["mesh"] == {"dcn": 1, "data": 2, "fsdp": 4}
   assert out["params"] == out["trainable_params"] > 0  # joint: nothing frozen
   assert out["train_step"]["per_chip_bytes"]["argument"] > 0 and "fits" not in out["train_step"]  # no HBM on a CPU
+  # Under FSDP over 4 devices each device holds well under the replicated params (small arrays stay replicated).
+  assert out["state_per_chip_bytes"]["trainable_params"] < 0.5 * 4 * out["params"]

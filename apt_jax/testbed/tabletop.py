@@ -1,20 +1,11 @@
 """A small, fast, deterministic 2-D tabletop simulator (NumPy), vectorised over a batch of scenes.
 
-Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape) and the 3 containers (bowl, box, plate), each
-placed at the centre of a distinct cell of a GRID x GRID board over the unit square. Layouts (`LAYOUTS`):
-  "random"  every entity on a random distinct cell (the VLM corpus: diverse scenes);
-  "fixed"   LIBERO-like: the objects always on FIXED_OBJECT_CELLS and the containers on FIXED_CONTAINER_CELLS, which
-            kind sits on which cell random; the gripper starts on a random free cell. Vision alone still cannot tell
-            which object is meant; finding things reduces to telling them apart (the robot data's layout).
-Rendered top-down to uint8 RGB [B, S, S, 3] (S = IMAGE_SIZE = 16 px per cell by default). A cell is one 16-px
-patch of the testbed's SigLIP, so "where is the red block" is "which image token": the question a tiny model can learn
-on a CPU budget (with free positions, sub-patch localisation took >10k steps and the policies never used the image).
-
-State (3): gripper x, y in [0, 1] and gripper closure (0 open, 1 closed).
-Action (3): dx, dy in [-1, 1] (scaled by MAX_STEP) and a gripper command (> 0 close, <= 0 open).
-Closing the gripper within GRASP_RADIUS of a free object grasps the nearest one; the held object moves with the
-gripper; opening releases it where it is. Success: the target object rests (not held) inside the target container
-(centre within CONTAINER_RADIUS of the container's centre).
+Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape) and the 3 containers (bowl, box, plate), each at
+the centre of a distinct cell of a GRID x GRID board over the unit square, rendered top-down to uint8 RGB
+[B, S, S, 3] (S = IMAGE_SIZE). State (3): gripper x, y in [0, 1] and closure (0 open, 1 closed). Action (3): dx, dy
+in [-1, 1] (scaled by MAX_STEP) and a gripper command (> 0 close, <= 0 open). Success: the target object rests (not
+held) inside the target container (centre within CONTAINER_RADIUS of the container's centre).
+Letters: B scenes, N objects per scene, S image side.
 """
 
 from __future__ import annotations
@@ -37,7 +28,13 @@ CONTAINER_RADIUS = 0.1
 OBJECT_RADIUS = 0.05
 MAX_EPISODE_STEPS = 20
 GRID = 5
+# One 16-px cell is one patch of the testbed's SigLIP, so "where is the red block" is "which image token": a question
+# a tiny model learns on a CPU budget (with free positions, sub-patch localisation took >10k steps and the policies
+# never used the image).
 IMAGE_SIZE = 16 * GRID
+# "random": every entity on a random distinct cell (the VLM corpus: diverse scenes). "fixed": LIBERO-like, the objects
+# always on FIXED_OBJECT_CELLS and the containers on FIXED_CONTAINER_CELLS (which kind sits where is random; the
+# gripper starts on a random free cell): vision alone still cannot tell which object is meant (the robot data).
 LAYOUTS = ("random", "fixed")
 # Upper row, columns 0, 2, 4 and lower row, same columns (row-major cell indices).
 FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS = (5, 7, 9), (15, 17, 19)
@@ -77,7 +74,7 @@ def cell_centres(cells) -> np.ndarray:
   return (np.stack([cells % GRID, cells // GRID], axis=-1) + 0.5) / GRID
 
 
-def _sample_positions(rng, n, layout="random"):
+def sample_positions(rng, n, layout="random"):
   """Centres [n, 2] of n distinct board cells: NUM_OBJECTS objects, the containers, then the gripper (deterministic
   given rng; neighbours are 1 / GRID = 0.2 apart)."""
   if n > GRID * GRID:
@@ -106,7 +103,7 @@ def reset_one(seed: int, kinds=None, target=None, layout: str = "random") -> Sta
     if target is not None and target[0] not in kinds:
       kinds[rng.integers(NUM_OBJECTS)] = target[0]
   kinds = np.asarray(kinds)
-  pos = _sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, layout)
+  pos = sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, layout)
   if target is None:
     t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
   else:
@@ -148,7 +145,11 @@ def observe_state(state: State) -> np.ndarray:
 
 
 def step(state: State, action) -> State:
-  """Applies actions [B, 3] (clipped to [-1, 1]); returns a new state (the input is not modified)."""
+  """Applies actions [B, 3] (clipped to [-1, 1]); returns a new state (the input is not modified).
+
+  Closing the gripper within GRASP_RADIUS of a free object grasps the nearest one; the held object moves with the
+  gripper; opening releases it where it is.
+  """
   s = state.copy()
   a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
   b = np.arange(s.batch_size)
@@ -197,7 +198,8 @@ def render(state: State, size: int = IMAGE_SIZE) -> np.ndarray:
       paint(sel & (square if shape == "block" else disc), RGB[colour])
   gx, gy = state.gripper[:, 0, None, None], state.gripper[:, 1, None, None]
   arm = 0.06
-  cross = (((np.abs(xs - gx) < 0.012) & (np.abs(ys - gy) < arm)) | ((np.abs(ys - gy) < 0.012) & (np.abs(xs - gx) < arm)))
+  cross = (((np.abs(xs - gx) < 0.012) & (np.abs(ys - gy) < arm))
+           | ((np.abs(ys - gy) < 0.012) & (np.abs(xs - gx) < arm)))
   closed = state.closed[:, None, None]
   paint(cross & closed, (0, 0, 0))
   paint(cross & ~closed, (255, 255, 255))
