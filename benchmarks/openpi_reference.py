@@ -52,8 +52,10 @@ def main(openpi_src):
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-
-  from openpi.models import gemma, model, pi0_config, siglip
+  from openpi.models import gemma
+  from openpi.models import model
+  from openpi.models import pi0_config
+  from openpi.models import siglip
   from openpi.shared import array_typing as at
 
   sizes = spec["sizes"]

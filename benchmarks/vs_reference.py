@@ -23,21 +23,21 @@ import os
 import pathlib
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from apt_jax import optimizer as _optimizer  # noqa: E402
-from apt_jax import testing  # noqa: E402
-from apt_jax.models import model as _model  # noqa: E402
-from apt_jax.models import pi0  # noqa: E402
-from apt_jax.tools import hlo_flops, pi0_flops  # noqa: E402
+from apt_jax import optimizer as _optimizer
+from apt_jax import testing
+from apt_jax.models import model as _model
+from apt_jax.models import pi0
+from apt_jax.tools import hlo_flops
+from apt_jax.tools import pi0_flops
 
 NUM_STEPS = 10
 STAGES = ("none", "stage1", "stage2")

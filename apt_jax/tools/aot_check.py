@@ -45,7 +45,7 @@ def _memory(compiled) -> dict:
 
 def _oom(error: Exception) -> dict | None:
   """The TPU compiler's out-of-memory verdict: required and available HBM per chip, or None for other errors."""
-  m = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)([GM])\).*?available HBM \(([\d.]+)([GM])\)", str(error), re.S)
+  m = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)([GM])\).*?available HBM \(([\d.]+)([GM])\)", str(error), re.DOTALL)
   if not m:
     return None
   gib = lambda v, u: round(float(v) / (1024 if u == "M" else 1), 3)
@@ -63,7 +63,7 @@ def compile_report(fn, args, *, chip=None, chips: int = 1, analytic_flops: float
   t = time.time()
   try:
     compiled = lowered.compile()
-  except Exception as e:  # noqa: BLE001 - only the TPU compiler's OOM is an answer; anything else is re-raised.
+  except Exception as e:
     oom = _oom(e)
     if oom is None or chip is None:
       raise

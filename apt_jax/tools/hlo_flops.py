@@ -84,9 +84,9 @@ def _valid_pairs(in_size, out_size, size, stride, pad_lo, lhs_dil, rhs_dil) -> i
   return count
 
 
-def _conv_flops(out, lhs, rhs, call) -> float:
+def _conv_flops(out, lhs, call) -> float:
   """XLA's HloCostAnalysis count: (in_features / groups) · out_features · (batch / batch_groups) · valid pairs."""
-  lhs_l, rhs_l, out_l = re.fullmatch(r"(\w+)_(\w+)->(\w+)", _attr(call, "dim_labels")).groups()
+  lhs_l, _, out_l = re.fullmatch(r"(\w+)_(\w+)->(\w+)", _attr(call, "dim_labels")).groups()
   window = _attr(call, "window") or "{}"
   spatial = sorted((c for c in lhs_l if c.isdigit()), key=int)  # window fields go by spatial number, not position
   n = len(spatial)
@@ -209,9 +209,8 @@ def count(hlo_text: str, *, default_trip_count: int = 1) -> HloFlops:
       op, call = instr.op, instr.call
       op_name = m.group(1) if (m := re.search(r'op_name="([^"]*)"', call)) else ""
       if op in ("dot", "convolution"):
-        a, b = (_dims(instrs[o].type) for o in instr.operands[:2])
-        out = _dims(instr.type)
-        local[name].append((_dot_flops(out, a, call) if op == "dot" else _conv_flops(out, a, b, call), op_name))
+        lhs, out = _dims(instrs[instr.operands[0]].type), _dims(instr.type)
+        local[name].append((_dot_flops(out, lhs, call) if op == "dot" else _conv_flops(out, lhs, call), op_name))
       elif op == "while":
         body = _attr(call, "body").lstrip("%")
         n, how = _trip_count(call, instrs, roots, instr.operands[0])

@@ -34,7 +34,8 @@ def _attention(t, s, c):
 def _gemma_projections(t, c):
   """Q, KV, output projection and gated MLP of one layer of expert `c` for t tokens."""
   nh, kh = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-  return _dense(t, c.width, nh) + _dense(t, c.width, 2 * kh) + _dense(t, nh, c.width) + 3 * _dense(t, c.width, c.mlp_dim)
+  mlp = 3 * _dense(t, c.width, c.mlp_dim)  # gating (2) and linear
+  return _dense(t, c.width, nh) + _dense(t, c.width, 2 * kh) + _dense(t, nh, c.width) + mlp
 
 
 def _fusion(t, s, c):

@@ -58,7 +58,8 @@ def test_tpu_windowed_einsum_loop_and_batched_matmul_convolutions(libtpu):
   """On TPU an FSDP matmul becomes a collective-matmul loop stepping by 2, and batched matmuls become convolutions
   whose spatial labels are out of order (dim_labels=1b0f_0io1->1bf0): both counted exactly."""
   import numpy as np
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   from apt_jax.tools import tpu
 

@@ -6,13 +6,15 @@ import pytest
 
 from apt_jax import optimizer as _optimizer
 from apt_jax.models import pi0
-from apt_jax.tools import hlo_flops, pi0_flops
+from apt_jax.tools import hlo_flops
+from apt_jax.tools import pi0_flops
 
 # Two Gemma layers: XLA removes a scan of length 1 and simplifies the lone layer's matmuls.
 GEMMA = dict(depth=2, num_heads=2, num_kv_heads=1, head_dim=4)
 TOY = dict(image_keys=("base_0_rgb",), image_resolution=(28, 28), action_dim=3, action_horizon=2, max_token_len=3,
            vocab_size=32, dtype="float32", siglip_variant=dict(width=8, depth=1, mlp_dim=16, num_heads=2),
-           paligemma_variant=dict(width=16, mlp_dim=32, **GEMMA), action_expert_variant=dict(width=8, mlp_dim=16, **GEMMA))
+           paligemma_variant=dict(width=16, mlp_dim=32, **GEMMA),
+           action_expert_variant=dict(width=8, mlp_dim=16, **GEMMA))
 
 
 def test_hand_count_joint_and_stage1():

@@ -16,8 +16,8 @@ def _tile_aligned_config(fsdp_devices):
   w = dict(width=512, depth=2, mlp_dim=1024, num_heads=2, num_kv_heads=1, head_dim=128)
   config.model.kwargs.update(dict(
       paligemma_variant=w, action_expert_variant=w, vocab_size=512, image_keys=("base_0_rgb",),
-      image_resolution=(28, 28), siglip_variant=dict(width=512, depth=1, mlp_dim=1024, num_heads=2, patch_size=(14, 14)),
-      action_dim=128, action_horizon=4, max_token_len=8))
+      image_resolution=(28, 28), action_dim=128, action_horizon=4, max_token_len=8,
+      siglip_variant=dict(width=512, depth=1, mlp_dim=1024, num_heads=2, patch_size=(14, 14))))
   config.batch_size = 8
   config.mesh.fsdp_devices = fsdp_devices
   config.mesh.min_fsdp_mbytes = 0.0
