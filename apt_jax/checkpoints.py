@@ -16,11 +16,13 @@ import dataclasses
 import os
 import pathlib
 import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from apt_jax import optimizer as _optimizer
 from apt_jax import policy_config as _policy_config
@@ -53,7 +55,7 @@ def restore_params(params_dir: str | os.PathLike, *, dtype=None, sharding: jax.s
     sharding: where to place arrays (default: replicated on the first local device). Ignored for np.ndarray.
     restore_type: jax.Array or np.ndarray.
   """
-  params_dir = pathlib.Path(params_dir).absolute()
+  params_dir = _abs(params_dir)
   if not params_dir.exists():
     raise FileNotFoundError(f"No params checkpoint at {params_dir}")
   ckptr = ocp.PyTreeCheckpointer()
@@ -95,8 +97,21 @@ def write_assets(assets_dir: str | os.PathLike, *, model_config=None, norm_stats
                  asset_id: str | None = None, policy_config=None) -> None:
   """Writes the assets of a checkpoint step: model config JSON, norm stats under `<asset_id>/`, and the inference
   settings (`policy_config.json`) with the tokenizer copied in as `tokenizer.model`, so that
-  `python -m apt_jax.serve --checkpoint <step>` needs nothing else."""
-  assets_dir = pathlib.Path(assets_dir)
+  `python -m apt_jax.serve --checkpoint <step>` needs nothing else. `assets_dir` may be remote (gs://, epath)."""
+  kw = dict(model_config=model_config, norm_stats=norm_stats, asset_id=asset_id, policy_config=policy_config)
+  if "://" not in os.fspath(assets_dir):
+    _write_assets(pathlib.Path(assets_dir), **kw)
+    return
+  with tempfile.TemporaryDirectory() as tmp:  # a bucket: written locally, then copied file by file
+    _write_assets(pathlib.Path(tmp), **kw)
+    for f in pathlib.Path(tmp).rglob("*"):
+      if f.is_file():
+        dst = epath.Path(assets_dir) / f.relative_to(tmp).as_posix()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(f.read_bytes())
+
+
+def _write_assets(assets_dir: pathlib.Path, *, model_config, norm_stats, asset_id, policy_config) -> None:
   assets_dir.mkdir(parents=True, exist_ok=True)
   if model_config is not None:
     registry.save_config(assets_dir / MODEL_CONFIG_FILE, model_config)
@@ -142,11 +157,11 @@ class AssetsHandler(ocp.CheckpointHandler):
 
   def save(self, directory, args: AssetsSave):
     if jax.process_index() == 0:
-      write_assets(directory, model_config=args.model_config, norm_stats=args.norm_stats, asset_id=args.asset_id,
-                   policy_config=args.policy_config)
+      write_assets(epath.Path(directory), model_config=args.model_config, norm_stats=args.norm_stats,
+                   asset_id=args.asset_id, policy_config=args.policy_config)
 
   def restore(self, directory, args=None):
-    return pathlib.Path(directory)
+    return epath.Path(directory)
 
 
 @ocp.args.register_with_handler(AssetsHandler, for_save=True)
@@ -164,9 +179,15 @@ class AssetsRestore(ocp.args.CheckpointArgs):
   pass
 
 
-def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
-  """A workdir, its checkpoints dir, a step dir, or a params dir -> the params dir (latest step)."""
-  path = pathlib.Path(path)
+def _abs(path) -> epath.Path:
+  """epath for local paths and buckets alike (gs://...); local ones made absolute, as Orbax wants them."""
+  path = epath.Path(path)
+  return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+
+
+def resolve_params_dir(path: str | os.PathLike) -> epath.Path:
+  """A workdir, its checkpoints dir, a step dir, or a params dir (local or gs://) -> the params dir (latest step)."""
+  path = _abs(path)
   if (path / "_METADATA").exists() or ((path / "_CHECKPOINT_METADATA").exists() and (path / "d").exists()):
     return path
   if (path / "params").is_dir():
@@ -184,7 +205,7 @@ class CheckpointManager:
 
   def __init__(self, directory, *, max_to_keep: int | None = 1, keep_period: int | None = None,
                async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = _abs(directory)  # a local path or a bucket (gs://...: Orbax writes it directly)
     self.mngr = ocp.CheckpointManager(
         self.directory,
         item_handlers={"params": ocp.PyTreeCheckpointHandler(), "train_state": ocp.PyTreeCheckpointHandler(),

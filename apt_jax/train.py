@@ -75,6 +75,17 @@ def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
 
 def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch (`apt_jax.data.batch.abstract_batch`'s layout)."""
+  with _sharding.mesh_scope(ctx.mesh):  # the models' per-layer activation constraints
+    return _train_step(ctx, rng, state, batch)
+
+
+def microbatches(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B / n, ...], micro-batch i = rows i, i + n, i + 2n, ...: every device keeps its own rows (the
+  batch is sharded in contiguous blocks), so no micro-batch gathers onto a few devices."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def _train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   train_rng = jax.random.fold_in(rng, state.step)
   batch = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh), batch)
   grad_fn = jax.value_and_grad(functools.partial(_loss_fn, ctx))
@@ -83,7 +94,8 @@ def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[T
   else:
     # Gradient accumulation: mean of micro-batch gradients (equal micro-batch sizes, so equal to the full batch).
     n = ctx.grad_accum_steps
-    micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh, batch_dim=1),
+                         microbatches(batch, n))
 
     def body(carry, xs):
       i, mb = xs
@@ -206,7 +218,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   model_config = configs.model_config(config)
   mesh = _sharding.make_mesh(config.mesh.get("fsdp_devices", 1))
   setup = make_setup(config, model_config, mesh)
-  ckpt = checkpoints.CheckpointManager(workdir / "checkpoints", max_to_keep=config.get("max_to_keep", 1),
+  # Checkpoints may go elsewhere, e.g. a bucket every host of a pod writes its shards to (gs://...).
+  ckpt = checkpoints.CheckpointManager(config.checkpoint_dir or workdir / "checkpoints",
+                                       max_to_keep=config.get("max_to_keep", 1),
                                        keep_period=config.get("keep_period"),
                                        async_save=config.get("async_checkpoint", True))
   data_iter = _data.create_data(config, model_config, process_index=jax.process_index(),

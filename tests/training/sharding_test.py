@@ -33,3 +33,19 @@ def test_two_slices_split_the_batch_and_replicate_fsdp_shards():
 def test_mesh_shapes_that_do_not_divide_say_which(fsdp, slices, match):
   with pytest.raises(ValueError, match=match):
     sharding.make_mesh(fsdp, num_slices=slices)
+
+
+def test_microbatches_keep_every_row_on_its_device():
+  """Gradient accumulation's micro-batch i takes rows i, i + n, ...: each device's block of the global batch splits
+  into its own share of every micro-batch, so the [n, B/n] layout needs no communication."""
+  from apt_jax import train
+
+  mesh = sharding.make_mesh(4)
+  x = np.arange(32.0)
+  batch = jax.device_put(x, sharding.data_sharding(mesh))
+  held = {s.device: set(np.asarray(s.data)) for s in batch.addressable_shards}
+  micro = jax.jit(lambda b: train.microbatches(b, 2), out_shardings=sharding.NamedSharding(
+      mesh, sharding.P(None, sharding.BATCH_AXES)))(batch)
+  np.testing.assert_array_equal(micro, np.stack([x[0::2], x[1::2]]))
+  for shard in micro.addressable_shards:
+    assert set(np.asarray(shard.data).ravel()) <= held[shard.device]
