@@ -22,6 +22,7 @@ from apt_jax.models import gemma as _gemma
 from apt_jax.models import image_tools
 from apt_jax.models import pi0 as _pi0
 from apt_jax.models import siglip as _siglip
+from apt_jax.models import vlm as _vlm
 from apt_jax.testbed import corpus
 
 
@@ -45,7 +46,7 @@ class PaliGemmaLM(nn.Module):
     b = tokens.shape[0]
     mask = jnp.concatenate([jnp.ones((b, n), bool), input_mask], axis=1)
     ar_all = jnp.concatenate([jnp.zeros((b, n), bool), ar], axis=1)
-    attn = _pi0.make_attn_mask(mask, ar_all)
+    attn = _vlm.make_attn_mask(mask, ar_all)
     positions = jnp.cumsum(mask, axis=1) - 1
     (out,), _ = self.llm([x], mask=attn, positions=positions)
     return self.llm.decode(out[:, n:])
@@ -56,14 +57,13 @@ def encode_qa(tokenizer, qa, prefix_len: int, suffix_len: int):
 
   Prefix: BOS + question + "\\n" (π0's prompt format), ar=False. Suffix: answer + EOS, ar=True, loss on it.
   """
-  tok = tokenizer
   n = len(qa)
   L = prefix_len + suffix_len
   tokens = np.zeros((n, L), np.int32)
   mask, ar, loss = (np.zeros((n, L), bool) for _ in range(3))
   for i, (_, q, a) in enumerate(qa):
-    p = ([tok.bos_id] + tok.encode(q) + tok.encode("\n"))[:prefix_len]
-    s = (tok.encode(a) + [tok.eos_id])[:suffix_len]
+    p = ([tokenizer.bos_id] + tokenizer.encode(q) + tokenizer.encode("\n"))[:prefix_len]
+    s = (tokenizer.encode(a) + [tokenizer.eos_id])[:suffix_len]
     tokens[i, :len(p)] = p
     tokens[i, len(p):len(p) + len(s)] = s
     mask[i, :len(p) + len(s)] = True
