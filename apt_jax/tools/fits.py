@@ -1,12 +1,14 @@
 """What fits where: every full-size experiment compiled for small TPU slices at batch 256, as a README table.
 
   nice -n 10 python -m apt_jax.tools.fits [--cache docs/fits] [--readme README.md] [--rows pi0_libero,...]
+  python -m apt_jax.tools.fits --cached_only    # the table from the cache alone, in seconds
 
 Per experiment (ROWS) and slice (TOPOLOGIES) it tries settings from fastest to leanest (SETTINGS: FSDP over the
 config's devices, then over the whole slice, then gradient accumulation 2, 4, 8; remat as the config has it,
 `nothing_saveable` for every full-size model) and keeps the first that fits. Each compile (`aot_check`, one
 subprocess each: minutes of CPU for a full-size model) is cached as JSON in `--cache`, so a rerun resumes and a
-finished table regenerates in seconds. The table goes between the FITS markers of `--readme`.
+finished table regenerates in seconds; with `--cached_only` a cell whose compiles are not all cached is shown as
+not compiled. The table goes between the FITS markers of `--readme`.
 """
 
 from __future__ import annotations
@@ -65,11 +67,15 @@ def _config_fsdp(row: Row) -> int:
   return configs.load(REPO / row.config).mesh.fsdp_devices
 
 
-def compile_cell(row: Row, topology: str, fsdp: int, accum: int, cache: pathlib.Path) -> dict:
-  """One aot_check (cached). The JSON's train_step carries fits, per_chip_GiB or the compiler's required_GiB."""
+def compile_cell(row: Row, topology: str, fsdp: int, accum: int, cache: pathlib.Path,
+                 cached_only: bool = False) -> dict | None:
+  """One aot_check (cached; None if not cached and `cached_only`). The JSON's train_step carries fits, per_chip_GiB
+  or the compiler's required_GiB."""
   path = cache / f"{row.key}__{topology}__fsdp{fsdp}_accum{accum}.json"
   if path.exists():
     return json.loads(path.read_text())
+  if cached_only:
+    return None
   cmd = [sys.executable, "-m", "apt_jax.tools.aot_check", "--config", str(REPO / row.config), "--topology", topology,
          "--noserving", f"--config.batch_size={BATCH_SIZE}", f"--config.mesh.fsdp_devices={fsdp}",
          f"--config.grad_accum_steps={accum}", *row.overrides]
@@ -83,11 +89,14 @@ def compile_cell(row: Row, topology: str, fsdp: int, accum: int, cache: pathlib.
   return report
 
 
-def fit_cell(row: Row, topology: str, cache: pathlib.Path, log=print) -> dict:
-  """The first setting that fits, or the last one tried: {fsdp, accum, remat, GiB, fits}."""
+def fit_cell(row: Row, topology: str, cache: pathlib.Path, log=print, cached_only: bool = False) -> dict | None:
+  """The first setting that fits, or the last one tried: {fsdp, accum, remat, GiB, fits}; None when a setting it
+  needs is not cached and `cached_only`."""
   chips = tpu.parse_topology(topology).num_chips
   for fsdp, accum in settings(_config_fsdp(row), chips):
-    report = compile_cell(row, topology, fsdp, accum, cache)
+    report = compile_cell(row, topology, fsdp, accum, cache, cached_only)
+    if report is None:
+      return None
     step = report["train_step"]
     gib = step["per_chip_GiB"]["total"] if "per_chip_GiB" in step else step["required_GiB"]
     cell = dict(fsdp=fsdp, accum=accum, remat=report["remat_policy"], GiB=gib, fits=step["fits"],
@@ -103,23 +112,28 @@ def _order(topology: str):
   return t.num_chips, t.chip.hbm_gib
 
 
-def table(cells: dict[tuple[str, str], dict], rows=ROWS, topologies=TOPOLOGIES) -> str:
-  """Markdown: per-chip GiB and ✓/✗ per slice; the smallest slice that fits (fewest chips, then least HBM)."""
+def table(cells: dict[tuple[str, str], dict | None], rows=ROWS, topologies=TOPOLOGIES) -> str:
+  """Markdown: per-chip GiB, ✓/✗ and the setting per slice; the smallest slice that fits (fewest chips, then least
+  HBM), named only when every smaller slice was compiled too. A missing cell reads "not compiled"."""
   head = [f"{t} ({tpu.parse_topology(t).num_chips}×{tpu.parse_topology(t).chip.hbm_gib:g} GiB)" for t in topologies]
-  lines = ["| experiment | " + " | ".join(head) + " | smallest that fits | setting there |",
-           "|---|" + "---|" * len(topologies) + "---|---|"]
+  lines = ["| experiment | " + " | ".join(head) + " | smallest that fits |",
+           "|---|" + "---|" * len(topologies) + "---|"]
   for row in rows:
-    if not all((row.key, t) in cells for t in topologies):
-      continue
-    out = [f"{cells[row.key, t]['GiB']:.1f} {'✓' if cells[row.key, t]['fits'] else '✗'}" for t in topologies]
-    fitting = sorted((t for t in topologies if cells[row.key, t]["fits"]), key=_order)
-    if fitting:
-      c = cells[row.key, fitting[0]]
-      setting = f"FSDP {c['fsdp']}, grad accum {c['accum']}, remat `{c['remat']}`"
-      out += [fitting[0], setting]
-    else:
-      out += ["none of these", "—"]
-    lines.append(f"| {row.label} | " + " | ".join(out) + " |")
+    out = []
+    for t in topologies:
+      c = cells.get((row.key, t))
+      out.append("not compiled" if c is None else
+                 f"{c['GiB']:.1f} {'✓' if c['fits'] else '✗'} (FSDP {c['fsdp']}, accum {c['accum']})")
+    smallest = "none of these"
+    for t in sorted(topologies, key=_order):
+      c = cells.get((row.key, t))
+      if c is None:
+        smallest = "not known yet"
+        break
+      if c["fits"]:
+        smallest = f"{t}: FSDP {c['fsdp']}, grad accum {c['accum']}, remat `{c['remat']}`"
+        break
+    lines.append(f"| {row.label} | " + " | ".join(out) + f" | {smallest} |")
   return "\n".join(lines)
 
 
@@ -137,6 +151,7 @@ def main(argv=None):
   p.add_argument("--readme", default=str(REPO / "README.md"))
   p.add_argument("--rows", default="", help="comma-separated row keys (default: all)")
   p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+  p.add_argument("--cached_only", action="store_true", help="compile nothing: the table from the cache alone")
   args = p.parse_args(argv)
   from tqdm import tqdm
 
@@ -146,7 +161,7 @@ def main(argv=None):
   with tqdm(total=len(rows) * len(topologies), desc="fits") as bar:
     for row in rows:
       for t in topologies:
-        cells[row.key, t] = fit_cell(row, t, pathlib.Path(args.cache), log=bar.write)
+        cells[row.key, t] = fit_cell(row, t, pathlib.Path(args.cache), log=bar.write, cached_only=args.cached_only)
         bar.update()
   text = table(cells, rows, topologies)
   print(text)
