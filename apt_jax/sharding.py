@@ -8,7 +8,6 @@ fsdp size and replicated across slices, so only gradients cross the DCN (one all
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import jax
@@ -86,22 +85,11 @@ def fsdp_sharding(tree, mesh: Mesh, *, min_fsdp_mbytes: float = 4.0, log: bool =
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def mesh_scope(mesh: Mesh | None):
-  """Makes `mesh` the one `activation_constraint` uses while a function is traced (a no-op context for None)."""
-  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if mesh is not None else contextlib.nullcontext()
-
-
-def activation_constraint(x, mesh: Mesh | None = None, *, batch_dim: int = 0):
-  """Constrains an activation's batch dimension to the data axes: over `mesh`, else over the mesh of the enclosing
-  `mesh_scope` (models call it per layer; without a scope it is a no-op). Without it, XLA's sharding propagation
-  through scanned layers may replicate work across the FSDP axis (SigLIP's attention was computed on every chip)."""
-  spec = P(*[None] * batch_dim, BATCH_AXES)
-  if mesh is not None:
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-  scope = jax.sharding.get_abstract_mesh()
-  if scope.empty or FSDP_AXIS not in scope.axis_names:
+def activation_constraint(x, mesh: Mesh | None, *, batch_dim: int = 0):
+  """Constrains an activation's batch dimension (`batch_dim`) to the data axes (no-op without a mesh)."""
+  if mesh is None:
     return x
-  return jax.lax.with_sharding_constraint(x, spec)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*[None] * batch_dim, BATCH_AXES)))
 
 
 def per_device_bytes(tree) -> int:

@@ -73,19 +73,14 @@ def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
   return jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
 
 
-def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch (`apt_jax.data.batch.abstract_batch`'s layout)."""
-  with _sharding.mesh_scope(ctx.mesh):  # the models' per-layer activation constraints
-    return _train_step(ctx, rng, state, batch)
-
-
 def microbatches(batch: dict, n: int) -> dict:
   """[B, ...] -> [n, B / n, ...], micro-batch i = rows i, i + n, i + 2n, ...: every device keeps its own rows (the
   batch is sharded in contiguous blocks), so no micro-batch gathers onto a few devices."""
   return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def _train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch (`apt_jax.data.batch.abstract_batch`'s layout)."""
   train_rng = jax.random.fold_in(rng, state.step)
   batch = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh), batch)
   grad_fn = jax.value_and_grad(functools.partial(_loss_fn, ctx))
