@@ -5,6 +5,7 @@ Not run by the project's venv or tests. Setup (outside the repo; openpi at commi
       augmax einops "jaxtyping==0.2.36" "beartype==0.19.0" "numpy==1.26.4" "ml_dtypes==0.4.1" \
       "orbax-checkpoint==0.11.13" "tensorstore==0.1.74" safetensors "chex==0.1.90" "ml_collections==1.0.0"
   git clone https://github.com/Physical-Intelligence/openpi /tmp/openpi   # its src/ is imported, never copied
+  (or, from a bare snapshot: mkdir /tmp/openpi && git --git-dir=SNAPSHOT archive 15a9616 src | tar -x -C /tmp/openpi)
 then `vs_reference.py --reference "/tmp/openpi_venv/bin/python benchmarks/openpi_reference.py /tmp/openpi/src"`.
 
 Protocol (stdin/stdout, one JSON object per line): the first line gives the sizes, dtype, batch inputs (.npz),
