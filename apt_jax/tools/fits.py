@@ -90,13 +90,14 @@ def compile_cell(row: Row, topology: str, fsdp: int, accum: int, cache: pathlib.
 
 
 def fit_cell(row: Row, topology: str, cache: pathlib.Path, log=print, cached_only: bool = False) -> dict | None:
-  """The first setting that fits, or the last one tried: {fsdp, accum, remat, GiB, fits}; None when a setting it
-  needs is not cached and `cached_only`."""
+  """The first setting that fits, or the last one tried: {fsdp, accum, remat, GiB, fits}. With `cached_only`, a
+  setting not cached ends the search: the last one tried gets `pending` (None if it was the first)."""
   chips = tpu.parse_topology(topology).num_chips
+  cell = None
   for fsdp, accum in settings(_config_fsdp(row), chips):
     report = compile_cell(row, topology, fsdp, accum, cache, cached_only)
     if report is None:
-      return None
+      return cell and {**cell, "pending": True}
     step = report["train_step"]
     gib = step["per_chip_GiB"]["total"] if "per_chip_GiB" in step else step["required_GiB"]
     cell = dict(fsdp=fsdp, accum=accum, remat=report["remat_policy"], GiB=gib, fits=step["fits"],
@@ -114,7 +115,8 @@ def _order(topology: str):
 
 def table(cells: dict[tuple[str, str], dict | None], rows=ROWS, topologies=TOPOLOGIES) -> str:
   """Markdown: per-chip GiB, ✓/✗ and the setting per slice; the smallest slice that fits (fewest chips, then least
-  HBM), named only when every smaller slice was compiled too. A missing cell reads "not compiled"."""
+  HBM), named only when every smaller slice was compiled too. A missing cell reads "not compiled"; one whose next
+  setting is missing says so."""
   head = [f"{t} ({tpu.parse_topology(t).num_chips}×{tpu.parse_topology(t).chip.hbm_gib:g} GiB)" for t in topologies]
   lines = ["| experiment | " + " | ".join(head) + " | smallest that fits |",
            "|---|" + "---|" * len(topologies) + "---|"]
@@ -123,11 +125,12 @@ def table(cells: dict[tuple[str, str], dict | None], rows=ROWS, topologies=TOPOL
     for t in topologies:
       c = cells.get((row.key, t))
       out.append("not compiled" if c is None else
-                 f"{c['GiB']:.1f} {'✓' if c['fits'] else '✗'} (FSDP {c['fsdp']}, accum {c['accum']})")
+                 f"{c['GiB']:.1f} {'✓' if c['fits'] else '✗'} (FSDP {c['fsdp']}, accum {c['accum']})"
+                 + ("; next setting not compiled" if c.get("pending") else ""))
     smallest = "none of these"
     for t in sorted(topologies, key=_order):
       c = cells.get((row.key, t))
-      if c is None:
+      if c is None or c.get("pending"):
         smallest = "not known yet"
         break
       if c["fits"]:

@@ -37,8 +37,10 @@ def test_first_fitting_setting_is_kept_and_missing_compiles_are_pending(tmp_path
   _cache(tmp_path, "v5e-8", 8, 2, 9.0, True)  # never reached: FSDP 8 already fits
   cell = fits.fit_cell(ROW, "v5e-8", tmp_path, log=lambda _: None, cached_only=True)
   assert (cell["fsdp"], cell["accum"], cell["GiB"], cell["fits"]) == (8, 1, 14.25, True)
+  assert fits.fit_cell(ROW, "v4-8", tmp_path, log=lambda _: None, cached_only=True) is None  # nothing compiled
   _cache(tmp_path, "v4-8", 4, 1, 40.0, False)  # accum 2 on v4-8 was not compiled
-  assert fits.fit_cell(ROW, "v4-8", tmp_path, log=lambda _: None, cached_only=True) is None
+  cell = fits.fit_cell(ROW, "v4-8", tmp_path, log=lambda _: None, cached_only=True)
+  assert (cell["accum"], cell["GiB"], cell["fits"], cell["pending"]) == (1, 40.0, False, True)
 
 
 def _cell(gib, ok, fsdp=4, accum=1):
@@ -52,9 +54,12 @@ def test_table_names_the_smallest_slice_that_fits_only_when_smaller_ones_are_kno
   line = fits.table(cells, (ROW,), tops).splitlines()[-1]
   assert "40.0 ✗ (FSDP 4, accum 8)" in line
   assert line.endswith("| v5p-8: FSDP 4, grad accum 1, remat `nothing_saveable` |")
+  cells["r", "v4-8"] = {**cells["r", "v4-8"], "pending": True}  # accum 8 refused, but accum 16 could still fit
+  line = fits.table(cells, (ROW,), tops).splitlines()[-1]
+  assert "40.0 ✗ (FSDP 4, accum 8); next setting not compiled" in line and line.endswith("| not known yet |")
   del cells["r", "v4-8"]
   line = fits.table(cells, (ROW,), tops).splitlines()[-1]
-  assert "not compiled" in line and line.endswith("| not known yet |")
+  assert "| not compiled |" in line and line.endswith("| not known yet |")
   cells.update({("r", t): _cell(99.0, False) for t in tops})
   assert fits.table(cells, (ROW,), tops).splitlines()[-1].endswith("| none of these |")
 
