@@ -75,6 +75,12 @@ def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
   return jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
 
 
+def microbatches(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B / n, ...], micro-batch i = rows i, i + n, i + 2n, ...: every device keeps its own rows (the
+  batch is sharded in contiguous blocks), so no micro-batch gathers onto a few devices."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
 def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch (`apt_jax.data.batch.abstract_batch`'s layout)."""
   train_rng = jax.random.fold_in(rng, state.step)
@@ -85,7 +91,8 @@ def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[T
   else:
     # Gradient accumulation: mean of micro-batch gradients (equal micro-batch sizes, so equal to the full batch).
     n = ctx.grad_accum_steps
-    micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh, batch_dim=1),
+                         microbatches(batch, n))
 
     def body(carry, xs):
       i, mb = xs
@@ -186,8 +193,8 @@ def load_initial_params(config, model_config, abstract_params) -> dict:
 # --- Main loop --------------------------------------------------------------------------------------------------
 
 
-def validate_config(config, model_config):
-  n = jax.device_count()
+def validate_config(config, model_config, num_devices: int | None = None):
+  n = num_devices or jax.device_count()
   if config.batch_size % n:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n})")
   if config.batch_size % config.grad_accum_steps:
@@ -238,7 +245,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
   mesh = _sharding.make_mesh(config.mesh.fsdp_devices)
   setup = make_setup(config, model_config, mesh)
-  ckpt = checkpoints.CheckpointManager(workdir / "checkpoints", max_to_keep=config.max_to_keep,
+  # Checkpoints may go elsewhere, e.g. a bucket every host of a pod writes its shards to (gs://...).
+  ckpt = checkpoints.CheckpointManager(config.checkpoint_dir or workdir / "checkpoints",
+                                       max_to_keep=config.max_to_keep,
                                        keep_period=config.keep_period, async_save=config.async_checkpoint)
   data_iter = _data.create_data(config, model_config, process_index=jax.process_index(),
                                 process_count=jax.process_count())
