@@ -22,6 +22,7 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPENPI_FIXTURE = REPO_ROOT.parent / "shared" / "testdata" / "openpi_pi0_tiny"
+OPENPI_PI05_FIXTURE = REPO_ROOT.parent / "shared" / "testdata" / "openpi_pi05_tiny"
 
 _COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 _OBJECTS = ["block", "bowl", "cup", "mug", "plate", "sponge", "spoon", "can", "bottle", "box"]
@@ -37,18 +38,31 @@ def robot_instructions():
   return out
 
 
+def _fixture(path: pathlib.Path) -> pathlib.Path:
+  """An openpi fixture under ../shared/testdata; missing: a skip, or a failure under CI=true (CI has them)."""
+  if not (path / "expected.npz").exists():
+    message = f"openpi parity fixture not found at {path} (expected next to the repo, in ../shared/testdata)"
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
 @pytest.fixture(scope="session")
 def openpi_fixture_dir() -> pathlib.Path:
-  if not (OPENPI_FIXTURE / "expected.npz").exists():
-    pytest.skip(f"openpi parity fixture not found at {OPENPI_FIXTURE} (expected next to the repo, in "
-                "../shared/testdata/openpi_pi0_tiny)")
-  return OPENPI_FIXTURE
+  return _fixture(OPENPI_FIXTURE)
 
 
 @pytest.fixture(scope="session")
 def fixture_npz(openpi_fixture_dir):
   with np.load(openpi_fixture_dir / "expected.npz", allow_pickle=False) as f:
     return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def openpi_pi05_fixture_dir() -> pathlib.Path:
+  """openpi's own π0.5 at the π0 fixture's sizes."""
+  return _fixture(OPENPI_PI05_FIXTURE)
 
 
 @pytest.fixture(scope="session")
