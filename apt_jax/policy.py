@@ -111,16 +111,16 @@ class Policy:
     state = state_env
     if (stats := self._stats("state")) is not None:
       state = _normalize.normalize(state, stats, t.use_quantile_norm)
-    state = _transforms.pad_to_dim(np.asarray(state, np.float32), cfg.action_dim)
     data = {
         "image": {k: v[None] for k, v in images.items()},
         "image_mask": {k: np.asarray([bool(m)]) for k, m in x["image_mask"].items()},
-        "state": state[None],
+        "state": _transforms.pad_to_dim(np.asarray(state, np.float32), cfg.action_dim)[None],
     }
     if self._uses_language:
       if prompt is None:
         raise _envs.InputError("prompt", "missing from the request, and the policy has no default prompt")
-      tokens, mask = t.tokenizer.tokenize(prompt)
+      # π0.5: the normalized state, before padding, goes into the prompt (openpi's TokenizePrompt).
+      tokens, mask = t.tokenizer.tokenize(prompt, state if cfg.discrete_state_input else None)
       data["tokenized_prompt"] = tokens[None]
       data["tokenized_prompt_mask"] = mask[None]
     return data, state_env

@@ -265,6 +265,16 @@ class VlaHeadConfig(BaseModelConfig):
     return self.paligemma_variant
 
   @property
+  def gemma_experts(self) -> tuple[gemma.Config, ...]:
+    """The Gemma experts of `PaliGemma/llm`, in index order (expert i's params carry the `_i` suffix)."""
+    return (self.vlm_config,)
+
+  def without_lora(self) -> VlaHeadConfig:
+    """The same model with no LoRA adapters (what `lora.merge_params` of this model's params loads into)."""
+    return dataclasses.replace(self, paligemma_variant=dataclasses.replace(self.paligemma_variant, lora_rank=0,
+                                                                           lora_alpha=1.0))
+
+  @property
   def uses_language(self) -> bool:
     """Stage 1 drops the prompt from the sequence: numerically the same as masking it out of every attention."""
     return self.apt_stage != "stage1"

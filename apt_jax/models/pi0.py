@@ -63,6 +63,10 @@ class Pi0Config(_model.VlaHeadConfig):
   action_expert_variant: Any = "gemma_300m"
   # π0.5: adaptive RMSNorm on the flow time in the expert, no state token (unless APT: see `state_token`).
   pi05: bool = False
+  # The state enters the suffix as a token (`state_proj`). None: always for π0; for π0.5 under APT only, since Stage 1
+  # drops the prompt and with it π0.5's discrete state, so the prior needs the state on a path of its own (kept in
+  # Stage 2, whose prompt adds the task and the discrete state through the gated fusion).
+  state_token: bool | None = None
   # Stage 2's gate (gemma.FusionAttention): "tanh" (α = 0), "tanh_zero_proj" (α = 1, zero projection), "sigmoid".
   fusion_gate: gemma.FusionGate = "tanh"
   # Stage 2: may image tokens attend to the prompt?
@@ -80,6 +84,8 @@ class Pi0Config(_model.VlaHeadConfig):
       object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
     if self.discrete_state_input is None:
       object.__setattr__(self, "discrete_state_input", self.pi05)
+    if self.state_token is None:
+      object.__setattr__(self, "state_token", not self.pi05 or self.apt_stage != "none")
     super().__post_init__()
     object.__setattr__(self, "action_expert_variant", gemma.get_config(self.action_expert_variant))
     _model.check_choice(self, "fusion_gate", gemma.FUSION_GATES)
@@ -95,11 +101,12 @@ class Pi0Config(_model.VlaHeadConfig):
     return self.apt_stage == "stage2" and self.stage2_prefix_mask == "causal"
 
   @property
-  def state_token(self) -> bool:
-    """π0 reads the state through a `state_proj` token. So does π0.5 under APT: Stage 1 drops the prompt, and with it
-    π0.5's discrete state, so the prior needs the state on a path of its own (kept in Stage 2, whose prompt adds the
-    task and the discrete state through the gated fusion)."""
-    return not self.pi05 or self.apt_stage != "none"
+  def gemma_experts(self) -> tuple[gemma.Config, ...]:
+    return (self.vlm_config, self.expert_config)
+
+  def without_lora(self) -> Pi0Config:
+    no_lora = dataclasses.replace(self.action_expert_variant, lora_rank=0, lora_alpha=1.0)
+    return dataclasses.replace(super().without_lora(), action_expert_variant=no_lora)
 
   def freeze_filter(self, path: str) -> bool:
     # A LoRA expert trains its adapters, not its weights (openpi's get_freeze_filter); Stage 2's fusion layers train.
