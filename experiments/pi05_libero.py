@@ -18,17 +18,12 @@ from apt_jax import configs
 
 def get_config(arg=None):
   del arg
-  c = configs.base_config()
+  c = configs.load(configs.REPO_ROOT / "experiments" / "pi0_libero.py")  # openpi's pi0_libero, but:
   c.name = "pi05_libero"
-  c.model.kwargs.update(dict(configs.PALIGEMMA_3B, apt_stage="none", action_expert_variant="gemma_300m", pi05=True,
-                             discrete_state_input=False, action_horizon=10, max_token_len=200))
+  c.model.kwargs.update(dict(pi05=True, discrete_state_input=False, action_horizon=10, max_token_len=200))
   c.data = configs.libero_data("/data/modified_libero_rlds", delta_action_dims=None, use_quantile_norm=True)
-  c.tokenizer_path = "/data/paligemma_tokenizer.model"
-  c.asset_id = "libero"
-  c.weight_loader = dict(kind="openpi", path="/checkpoints/pi05_base/params")
+  c.weight_loader.path = "/checkpoints/pi05_base/params"
   c.batch_size = 256
-  c.num_train_steps = 30_000
   c.schedule = dict(kind="warmup_cosine", peak_lr=5e-5, warmup_steps=10_000, decay_steps=1_000_000, decay_lr=5e-5)
   c.ema_decay = 0.999
-  c.mesh.fsdp_devices = 8
   return c

@@ -79,7 +79,7 @@ def einsum_delta(eqn: str, a, b, *, scaling: float) -> np.ndarray:
   b_rhs = "".join(c if c in h or c in out else c.lower() for c in b_rhs)  # summed on its own: a fresh label
   # NumPy takes letters only (Gemma's equations use "2" and "3" for the k/v and q/k/v axes).
   letters = {c: chr(ord("a") + i) for i, c in enumerate(sorted(set(a_rhs + b_rhs + w_labels)))}
-  spell = lambda labels: "".join(letters[c] for c in labels)  # noqa: E731
+  spell = lambda labels: "".join(letters[c] for c in labels)
   return scaling * np.einsum(f"{spell(a_rhs)},{spell(b_rhs)}->{spell(w_labels)}", np.asarray(a, np.float64),
                              np.asarray(b, np.float64))
 
@@ -162,7 +162,7 @@ def merge_params(params: dict, scalings) -> dict:
       name = leaf[: -len("_lora_a")]
       w_key, b_key = f"{head}/{name}", f"{head}/{name}_lora_b"
       w_rank = None
-      delta = lambda a, b: np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64))  # noqa: E731
+      delta = lambda a, b: np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64))
     if w_key not in flat or b_key not in flat:
       raise ValueError(f"LoRA adapter {key} has no matching {w_key} and {b_key}")
     w, a, b = (np.asarray(flat[k]) for k in (w_key, key, b_key))

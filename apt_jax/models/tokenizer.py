@@ -14,7 +14,6 @@ import os
 import numpy as np
 import sentencepiece as spm
 
-
 STATE_BINS = 256
 
 

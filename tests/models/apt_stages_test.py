@@ -88,7 +88,8 @@ def test_stage1_reads_the_state(stage1):
   """The prior's only state path is the state token (π0.5 too: its discrete state went with the prompt)."""
   obs = make_obs()
   other = dataclasses.replace(obs, state=obs.state + 1.0)
-  assert np.abs(np.asarray(loss_and_actions(stage1, obs)[1]) - np.asarray(loss_and_actions(stage1, other)[1])).max() > 1e-3
+  a, b = loss_and_actions(stage1, obs)[1], loss_and_actions(stage1, other)[1]
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
 
 
 def test_stage1_dropping_language_equals_masking_it(stage1):

@@ -70,7 +70,7 @@ def test_mlp_adapters_are_unscaled_as_openpis():
   got = gemma.FeedForward(D, f, lora=lora.LoraConfig(R, ALPHA)).apply({"params": params}, x)
   g = params["gating_einsum"] + params["gating_einsum_lora_a"] @ params["gating_einsum_lora_b"]
   lin = params["linear"] + params["linear_lora_a"] @ params["linear_lora_b"]
-  gelu = lambda z: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))  # noqa: E731
+  gelu = lambda z: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
   np.testing.assert_allclose(got, (gelu(x @ g[0]) * (x @ g[1])) @ lin, rtol=1e-4, atol=1e-5)
 
 
@@ -159,7 +159,7 @@ def test_stage2_with_vlm_lora_trains_the_adapters_and_not_the_vlm():
   flat["PaliGemma/img/head/kernel"] = 0.1 * _normal(*flat["PaliGemma/img/head/kernel"].shape)
   model = model.replace(params=tree_lib.unflatten(flat))
   grads = apt._grads(model)
-  for k, g in grads.items():
+  for k in grads:
     if config.freeze_filter(k):
       assert not lora.is_lora_param(k) and (k.startswith("PaliGemma/img/") or "_1" not in k), k
   assert np.any(grads["PaliGemma/llm/layers/attn/q_einsum/lora_b"])

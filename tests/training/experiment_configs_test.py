@@ -24,7 +24,7 @@ def shapes(model_config):
 @pytest.mark.parametrize("spec, tree", [("pi05_libero.py", "pi05_gemma_2b__gemma_300m"),
                                         ("pi0_libero_low_mem_finetune.py", "pi0_gemma_2b_lora__gemma_300m_lora")])
 def test_openpi_baselines_build_openpis_trees(spec, tree):
-  c, m = load(spec)
+  _, m = load(spec)
   want, fields = read_tree(tree)
   # The tree depends on the widths, not on the action horizon: compare at openpi's default horizon-free shapes.
   assert shapes(m) == want
