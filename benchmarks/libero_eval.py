@@ -5,7 +5,8 @@
 
 Re-runs itself with .venv-libero's python when started from another venv. Runs `apt_jax.eval.libero` exactly as
 an evaluation does (2 cameras at 256x256, `MUJOCO_GL` as set, default osmesa), against a server in this process
-answering zero actions (so episodes never succeed and run `--steps` policy steps plus the 10 settle steps; the
+answering zero actions (`apt_jax.serve.PolicyServer`, started with the JAX venv's python since serving imports jax;
+so episodes never succeed and run `--steps` policy steps plus the 10 settle steps; the
 policy costs ~nothing). Reported:
 * `env`: seconds to create an env, reset + set the init state, and per `env.step` (median over the episode).
 * `run[w]`: `--episodes` episodes of one task with w worker processes: wall seconds, seconds per episode, per env
@@ -18,17 +19,20 @@ policy costs ~nothing). Reported:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from apt_jax import serve
 from apt_jax.eval import libero as L
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class ZeroPolicy:
@@ -37,6 +41,28 @@ class ZeroPolicy:
   def infer(self, obs):
     del obs
     return {"actions": np.zeros((10, 7), np.float32)}
+
+
+def serve_zeros() -> None:
+  """(JAX venv) Serves ZeroPolicy on a free port; prints the port, serves until stdin closes."""
+  from apt_jax import serve  # the simulator's venv has no jax: only this (JAX venv) process imports it
+  with serve.PolicyServer(ZeroPolicy(), port=0) as server:
+    print(server.port, flush=True)
+    sys.stdin.read()
+
+
+@contextlib.contextmanager
+def zero_server():
+  proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), __file__, "--serve_zeros"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+  try:
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+      raise RuntimeError(f"zero-action server ({ROOT / '.venv'}) did not start: printed {line!r}")
+    yield int(line)
+  finally:
+    proc.stdin.close()
+    proc.wait(timeout=30)
 
 
 def env_timings(suite: str, steps: int) -> dict:
@@ -78,11 +104,14 @@ def table1_hours(s_per_step: float) -> float:
 
 
 def main(argv=None) -> dict:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv == ["--serve_zeros"]:
+    return serve_zeros()
   try:
     import libero  # noqa: F401
   except ImportError:  # `make bench` runs every benchmark with the JAX venv: move over to the simulator's
-    python = pathlib.Path(__file__).resolve().parents[1] / ".venv-libero" / "bin" / "python"
-    os.execv(python, [str(python), __file__, *(sys.argv[1:] if argv is None else argv)])
+    python = ROOT / ".venv-libero" / "bin" / "python"
+    os.execv(python, [str(python), __file__, *argv])
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--suite", default="libero_spatial")
   p.add_argument("--steps", type=int, default=60, help="policy steps per episode")
@@ -92,8 +121,8 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   result = {"suite": args.suite, "mujoco_gl": os.environ["MUJOCO_GL"], "cpus": os.cpu_count(),
             "loadavg_start": os.getloadavg()[0], "env": env_timings(args.suite, args.steps)}
-  with serve.PolicyServer(ZeroPolicy(), port=0) as server:
-    result["run"] = [run_timings(args.suite, args.steps, args.episodes, w, server.port)
+  with zero_server() as port:
+    result["run"] = [run_timings(args.suite, args.steps, args.episodes, w, port)
                      for w in sorted({1, args.workers})]
   result["loadavg_end"] = os.getloadavg()[0]
   result["table1_estimate_hours"] = {f"workers={r['workers']}": table1_hours(r["s_per_env_step"])
