@@ -47,6 +47,18 @@ def parse_stage(arg) -> str:
   return "none" if arg == "joint" else arg
 
 
+# The APT paper's VLM fine-tuning through LoRA (its README): r=16, α=16 on q/k/v/o/gate/up/down, VLM lr 5e-6.
+VLM_LORA_LR = 5e-6
+
+
+def vlm_lora(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """In place, on a Stage 2 config: LoRA adapters on the VLM's Gemma (`gemma_2b_lora`: r=16, α=16 on every attention
+  einsum and MLP weight) train at VLM_LORA_LR; the VLM's own weights (and SigLIP) stay frozen."""
+  c.model.kwargs.paligemma_variant = "gemma_2b_lora"
+  c.model.kwargs.vlm_lr_multiplier = VLM_LORA_LR / c.schedule.peak_lr
+  return c
+
+
 def stage_weight_loader(stage: str, kind: str, path: str) -> ml_collections.ConfigDict:
   """Stage 1 and one-stage runs load `path` (`kind`: paligemma_npz | openpi); Stage 2 starts from the Stage 1
   checkpoint (`init_from`) instead, so it loads nothing."""

@@ -1,15 +1,17 @@
 """Exports a checkpoint step in openpi's layout, for robots and tools that load openpi checkpoints.
 
     python -m apt_jax.export --checkpoint CKPT/STEP --out OUT_DIR --format openpi [--dtype stored|float32|bfloat16]
-        [--config experiments/x.py[:arg]] [--model_config FILE | --head pi0] [--overwrite]
+        [--config experiments/x.py[:arg]] [--model_config FILE | --head pi0] [--merge_lora] [--overwrite]
 
 Writes OUT_DIR/params/ (openpi's params item, checked against the model config first), OUT_DIR/assets/ (the source's
 assets; with --config, the training run's inference settings in policy_config.json) and
 OUT_DIR/assets/apt_jax_export.json (head, apt_stage, openpi compatibility, extra params). For π0 with apt_stage
 "none" the tree is openpi's leaf for leaf (`openpi_pi0_compatible: true`): openpi loads it with
-`train_config.model.load(restore_params(OUT_DIR / "params", dtype=jnp.bfloat16))`. APT checkpoints are exported
-too, but openpi's `load` drops the extra params (Stage 2's `fusion_1`) and lets the expert attend to the prompt,
-i.e. runs a different model: serve them with `python -m apt_jax.serve`.
+`train_config.model.load(restore_params(OUT_DIR / "params", dtype=jnp.bfloat16))`; so is π0.5 (`pi05`), and a LoRA
+model with openpi's LoRA variants. `--merge_lora` folds the LoRA adapters into their weights (models/lora.py), so the
+export is the plain model (openpi's `pi0` / `pi05` tree, model_config.json without LoRA). APT checkpoints are
+exported too, but openpi's `load` drops the extra params (Stage 2's `fusion_1`, π0.5's APT `state_proj`) and lets the
+expert attend to the prompt, i.e. runs a different model: serve them with `python -m apt_jax.serve`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from apt_jax import configs
 from apt_jax import policy as _policy
 from apt_jax import policy_config as _policy_config
 from apt_jax import tree as tree_lib
+from apt_jax.models import lora
 from apt_jax.models import registry
 
 _log = logging.getLogger(__name__)
@@ -38,24 +41,35 @@ FORMATS = ("openpi",)
 
 
 def openpi_reference_tree(config, abstract_params: dict | None = None) -> dict | None:
-  """Abstract params of the plain openpi model for `config`'s sizes (π0: apt_stage "none"); None: no counterpart.
+  """Abstract params of the plain openpi model for `config`'s sizes (π0 or π0.5 with apt_stage "none", openpi's
+  state path); None: no counterpart.
 
-  `abstract_params`: `config.abstract_params()` if already at hand (reused when config is already plain π0).
+  `abstract_params`: `config.abstract_params()` if already at hand (reused when config is already the plain model).
   """
   if registry.head_name(config) != "pi0":
     return None
-  if config.apt_stage == "none" and abstract_params is not None:
+  base = dataclasses.replace(config, apt_stage="none", vlm_trainable=None, state_token=None)
+  if base == config and abstract_params is not None:
     return abstract_params
-  base = dataclasses.replace(config, apt_stage="none", vlm_trainable=None)
   return base.abstract_params()
 
 
+def merge_lora(config, params) -> tuple:
+  """-> (the config without LoRA, params with every adapter folded into its weight)."""
+  experts = config.gemma_experts
+  if all(e.lora is None for e in experts):
+    raise ValueError(f"--merge_lora: the model has no LoRA adapters (lora_rank 0 on all of its {len(experts)} "
+                     "Gemma experts)")
+  return config.without_lora(), lora.merge_params(params, [e.lora.scaling if e.lora else 0.0 for e in experts])
+
+
 def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = None, dtype=None,
-                  overwrite: bool = False, experiment_config=None) -> dict:
+                  overwrite: bool = False, experiment_config=None, merge_lora_adapters: bool = False) -> dict:
   """Exports `step_dir` to `out_dir` in openpi's layout; returns the export metadata (also written to assets/).
 
   With `experiment_config` (the training run's config) its inference settings are written to
-  assets/policy_config.json, so `apt_jax.serve` needs no further flags for the export.
+  assets/policy_config.json, so `apt_jax.serve` needs no further flags for the export. `merge_lora_adapters`: the
+  export is the model without LoRA, adapters folded into the weights.
   """
   step_dir, out_dir = pathlib.Path(step_dir), pathlib.Path(out_dir)
   if out_dir.resolve() == step_dir.resolve():
@@ -68,6 +82,10 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
   params = checkpoints.restore_params(step_dir / "params", restore_type=np.ndarray)
   abstract = config.abstract_params()
   tree_lib.check_tree(params, abstract, what=f"params of {step_dir}")
+  if merge_lora_adapters:
+    config, params = merge_lora(config, params)
+    abstract = config.abstract_params()
+    tree_lib.check_tree(params, abstract, what=f"merged params of {step_dir}")
   if dtype is not None:
     params = checkpoints.cast_floating(params, dtype)
 
@@ -88,7 +106,7 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
     shutil.copytree(src_assets, out_dir / "assets", dirs_exist_ok=True)
   else:
     (out_dir / "assets").mkdir(parents=True, exist_ok=True)
-  if not (out_dir / "assets" / checkpoints.MODEL_CONFIG_FILE).exists():
+  if merge_lora_adapters or not (out_dir / "assets" / checkpoints.MODEL_CONFIG_FILE).exists():
     registry.save_config(out_dir / "assets" / checkpoints.MODEL_CONFIG_FILE, config)
   if experiment_config is not None:
     _policy_config.write_policy_config(out_dir / "assets",
@@ -96,7 +114,7 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
 
   apt_stage = config.apt_stage
   if compatible:
-    note = "Plain openpi π0 params tree: loads with openpi's restore_params + Pi0Config.load."
+    note = "openpi's params tree for this Pi0Config: loads with openpi's restore_params + Pi0Config.load."
   elif ref is None:
     note = f"Head {registry.head_name(config)!r} has no openpi counterpart; params are in openpi's layout only."
   else:
@@ -109,6 +127,7 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
       "head": registry.head_name(config),
       "apt_stage": apt_stage,
       "openpi_pi0_compatible": compatible,
+      "merged_lora": merge_lora_adapters,
       "extra_params": extra,
       "extra_param_values": int(sum(np.size(flat[k]) for k in extra)),
       "missing_openpi_params": missing,
@@ -132,13 +151,15 @@ def main(argv=None) -> dict:
   p.add_argument("--format", default="openpi", choices=FORMATS)
   p.add_argument("--dtype", default="stored", choices=["stored", "float32", "bfloat16"],
                  help="cast floating params (default: keep the stored dtypes)")
+  p.add_argument("--merge_lora", action="store_true",
+                 help="fold LoRA adapters into their weights: the export is the plain model (no lora_a/lora_b)")
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)
   dtype = {"stored": None, "float32": np.float32, "bfloat16": jax.numpy.bfloat16}[args.dtype]
   experiment = configs.load(args.experiment) if args.experiment else None
   meta = export_openpi(args.checkpoint, args.out, model_config=args.model_config, head=args.head, dtype=dtype,
-                       overwrite=args.overwrite, experiment_config=experiment)
-  print(json.dumps({k: meta[k] for k in ("head", "apt_stage", "openpi_pi0_compatible", "num_leaves",
+                       overwrite=args.overwrite, experiment_config=experiment, merge_lora_adapters=args.merge_lora)
+  print(json.dumps({k: meta[k] for k in ("head", "apt_stage", "openpi_pi0_compatible", "merged_lora", "num_leaves",
                                          "extra_params")}, indent=1))
   return meta
 

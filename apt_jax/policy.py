@@ -116,17 +116,17 @@ class Policy:
     state = state_env
     if (stats := self._stats("state")) is not None:
       state = _normalize.normalize(state, stats, t.use_quantile_norm)
-    state = _transforms.pad_to_dim(np.asarray(state, np.float32), cfg.action_dim)
     data = {
         "image": {k: v[None] for k, v in images.items()},
         "image_mask": {k: np.asarray([bool(m)]) for k, m in x["image_mask"].items()},
-        "state": state[None],
+        "state": _transforms.pad_to_dim(np.asarray(state, np.float32), cfg.action_dim)[None],
     }
     if self._uses_language:
       if prompt is None:
         raise _envs.InputError("prompt", "missing from the request, and the policy has no default prompt")
-      try:
-        tokens, mask = t.tokenizer.tokenize(prompt, truncate=t.truncate_prompt)
+      try:  # π0.5: the normalized state, before padding, goes into the prompt (openpi's TokenizePrompt).
+        tokens, mask = t.tokenizer.tokenize(prompt, state if cfg.discrete_state_input else None,
+                                            truncate=t.truncate_prompt)
       except ValueError as e:  # too long: training raises for it too
         raise _envs.InputError("prompt", f"{e} (the checkpoint's policy config does not set truncate_prompt)") from None
       data["tokenized_prompt"] = tokens[None]

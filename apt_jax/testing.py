@@ -72,14 +72,15 @@ def write_tiny_checkpoint(step_dir: str | os.PathLike, model, tokenizer_path: st
 
 
 def fixture_model_kwargs(fixture_dir: str | os.PathLike) -> dict:
-  """Pi0Config fields of the openpi parity fixture (../shared/testdata/openpi_pi0_tiny), read from its config.json
-  (sizes are not hard-coded)."""
+  """Pi0Config fields of an openpi parity fixture (../shared/testdata/openpi_pi0_tiny, openpi_pi05_tiny), read from
+  its config.json (sizes are not hard-coded)."""
   c = json.loads((pathlib.Path(fixture_dir) / "config.json").read_text())
   p = c["pi0_config"]
   return dict(action_dim=p["action_dim"], action_horizon=p["action_horizon"], max_token_len=p["max_token_len"],
               paligemma_variant=c["gemma_configs"][p["paligemma_variant"]],
               action_expert_variant=c["gemma_configs"][p["action_expert_variant"]],
-              siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"])
+              siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"], pi05=p.get("pi05", False),
+              discrete_state_input=p.get("discrete_state_input"))
 
 
 def fixture_model_config(fixture_dir: str | os.PathLike, dtype: str = "float32") -> pi0.Pi0Config:

@@ -5,6 +5,9 @@ r"""APT on π0 for LIBERO at full size (PaliGemma 3B + Gemma-300M expert), with 
       --config.data.datasets... (see configs.libero_data) --config.weight_loader.path=$PI0_BASE/params
   # Stage 2 (VLA likelihood; gated fusion layers added, prior restored):
   python -m apt_jax.train --config experiments/pi0_apt_libero.py:stage2 --workdir $W/s2 --config.init_from=$W/s1
+  # Stage 2 with the VLM fine-tuned through LoRA (r=16, α=16 on q/k/v/o/gate/up/down, VLM lr 5e-6):
+  python -m apt_jax.train --config experiments/pi0_apt_libero.py:stage2_vlm_lora --workdir $W/s2l \
+      --config.init_from=$W/s1
 
 Hardware: TPU v5p-64 or 8×H100 (FSDP over 8 devices: `--config.mesh.fsdp_devices=8`). Check memory first with
   python -m apt_jax.tools.aot_check --config experiments/pi0_apt_libero.py:stage1
@@ -17,10 +20,12 @@ from apt_jax import configs
 
 
 def get_config(arg=None):
-  stage = configs.parse_stage(arg)
+  arg = arg or "stage1"
+  stage = configs.parse_stage(arg.removesuffix("_vlm_lora"))
   c = configs.base_config()
-  c.name = f"pi0_apt_libero_{arg or 'stage1'}"
+  c.name = f"pi0_apt_libero_{arg}"
   c.model.kwargs.update(dict(apt_stage=stage, **configs.PALIGEMMA_3B, action_expert_variant="gemma_300m",
                              action_horizon=50, fusion_gate="tanh", vlm_lr_multiplier=0.1))
   c.weight_loader = configs.stage_weight_loader(stage, "openpi", "/checkpoints/pi0_base/params")
-  return configs.paper_recipe(c)
+  configs.paper_recipe(c)
+  return configs.vlm_lora(c) if arg.endswith("_vlm_lora") else c

@@ -24,6 +24,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The ground-truth fixtures (openpi's own outputs), next to the repo unless $APT_JAX_TESTDATA says where.
 TESTDATA = pathlib.Path(os.environ.get("APT_JAX_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
 OPENPI_FIXTURE = TESTDATA / "openpi_pi0_tiny"
+OPENPI_PI05_FIXTURE = TESTDATA / "openpi_pi05_tiny"
 
 _COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 _OBJECTS = ["block", "bowl", "cup", "mug", "plate", "sponge", "spoon", "can", "bottle", "box"]
@@ -46,18 +47,28 @@ def unavailable(message: str):
   pytest.skip(message)
 
 
+def _fixture(path: pathlib.Path) -> pathlib.Path:
+  if not (path / "expected.npz").exists():
+    unavailable(f"openpi parity fixture not found at {path} (expected next to the repo, in ../shared/testdata, or "
+                "under $APT_JAX_TESTDATA)")
+  return path
+
+
 @pytest.fixture(scope="session")
 def openpi_fixture_dir() -> pathlib.Path:
-  if not (OPENPI_FIXTURE / "expected.npz").exists():
-    unavailable(f"openpi parity fixture not found at {OPENPI_FIXTURE} (expected next to the repo, in "
-                "../shared/testdata/openpi_pi0_tiny, or under $APT_JAX_TESTDATA)")
-  return OPENPI_FIXTURE
+  return _fixture(OPENPI_FIXTURE)
 
 
 @pytest.fixture(scope="session")
 def fixture_npz(openpi_fixture_dir):
   with np.load(openpi_fixture_dir / "expected.npz", allow_pickle=False) as f:
     return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def openpi_pi05_fixture_dir() -> pathlib.Path:
+  """openpi's own π0.5 at the π0 fixture's sizes."""
+  return _fixture(OPENPI_PI05_FIXTURE)
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,13 @@ from apt_jax.data.config import parse_data_config
 
 def create_data_loader(data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
                        max_token_len: int, tokenizer_path, process_index: int = 0, process_count: int = 1,
-                       shuffle: bool = True, train: bool = True):
+                       shuffle: bool = True, train: bool = True, discrete_state_input: bool = False):
   """See `apt_jax.data.loader.create_data_loader` (imported lazily: it pulls in TensorFlow)."""
   from apt_jax.data import loader  # TensorFlow
   return loader.create_data_loader(
       data_config, batch_size=batch_size, seed=seed, action_horizon=action_horizon, action_dim=action_dim,
       max_token_len=max_token_len, tokenizer_path=tokenizer_path, process_index=process_index,
-      process_count=process_count, shuffle=shuffle, train=train)
+      process_count=process_count, shuffle=shuffle, train=train, discrete_state_input=discrete_state_input)
 
 
 def create_data(config, model_config, *, process_index: int = 0, process_count: int = 1):
@@ -40,7 +40,8 @@ def create_data(config, model_config, *, process_index: int = 0, process_count: 
   return create_data_loader(
       config.data, batch_size=config.batch_size, seed=config.seed, action_horizon=model_config.action_horizon,
       action_dim=model_config.action_dim, max_token_len=model_config.max_token_len,
-      tokenizer_path=config.tokenizer_path, process_index=process_index, process_count=process_count)
+      tokenizer_path=config.tokenizer_path, process_index=process_index, process_count=process_count,
+      discrete_state_input=model_config.discrete_state_input)
 
 
 def __getattr__(name):

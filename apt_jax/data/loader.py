@@ -210,12 +210,13 @@ class DataLoader:
   `{"samples": n, "datasets": [cursor per dataset], ...}` and belongs to the last batch handed out, not to the
   `prefetch` batches a background thread prepares ahead (`num_workers` threads decode images). Parsed blocks
   (`episode_cache_mb`) and decoded images (`image_cache_mb`) are cached up to a budget; caching never changes the
-  stream.
+  stream. With `discrete_state_input` (π0.5) each sample's prompt also holds its normalized state, in 256 bins
+  (tokenizer.py).
   """
 
   def __init__(self, data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
                max_token_len: int, tokenizer_path, process_index: int = 0, process_count: int = 1,
-               shuffle: bool = True, train: bool = True):
+               shuffle: bool = True, train: bool = True, discrete_state_input: bool = False):
     from apt_jax.models.tokenizer import PaligemmaTokenizer
     self.cfg = _config.parse_data_config(data_config)
     if self.cfg.kind != "rlds":
@@ -230,7 +231,7 @@ class DataLoader:
     self.batch_size = batch_size // process_count
     self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
     self.action_horizon, self.action_dim, self.max_token_len = action_horizon, action_dim, max_token_len
-    self.shuffle, self.train = shuffle, train
+    self.shuffle, self.train, self.discrete_state_input = shuffle, train, discrete_state_input
     self.augment = bool(self.cfg.augment and train)
     self.tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=max_token_len)
     self.delta_mask = _transforms.delta_mask(self.cfg.delta_action_dims, action_dim)
@@ -382,12 +383,15 @@ class DataLoader:
       state = _normalize.normalize(state, stats["state"], q)
       actions = _normalize.normalize(actions, stats["actions"], q)
     u = ep.prompt_ids[t]
+    tokens, token_mask = ep.tokens[u], ep.token_masks[u]
+    if self.discrete_state_input:  # π0.5: the normalized, unpadded state goes into the prompt (openpi's order).
+      tokens, token_mask = self.tokenizer.tokenize(ep.prompts[u], state)
     return {
         "image": images,
         "image_mask": masks,
         "state": _transforms.pad_to_dim(np.asarray(state, np.float32), self.action_dim),
-        "tokenized_prompt": ep.tokens[u],
-        "tokenized_prompt_mask": ep.token_masks[u],
+        "tokenized_prompt": tokens,
+        "tokenized_prompt_mask": token_mask,
         "actions": _transforms.pad_to_dim(np.asarray(actions, np.float32), self.action_dim),
         "actions_mask": mask,
         "meta": (ep.dataset_index, ep.index, t),
@@ -504,8 +508,9 @@ def _produce_loop(loader_ref, stop: threading.Event, q: queue.Queue) -> None:
 
 def create_data_loader(data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
                        max_token_len: int, tokenizer_path, process_index: int = 0, process_count: int = 1,
-                       shuffle: bool = True, train: bool = True) -> DataLoader:
+                       shuffle: bool = True, train: bool = True, discrete_state_input: bool = False) -> DataLoader:
   """Builds the loader for `data_config` (see `apt_jax.data.config`). `batch_size` is the global batch size."""
   return DataLoader(data_config, batch_size=batch_size, seed=seed, action_horizon=action_horizon,
                     action_dim=action_dim, max_token_len=max_token_len, tokenizer_path=tokenizer_path,
-                    process_index=process_index, process_count=process_count, shuffle=shuffle, train=train)
+                    process_index=process_index, process_count=process_count, shuffle=shuffle, train=train,
+                    discrete_state_input=discrete_state_input)

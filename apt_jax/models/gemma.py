@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from apt_jax.models import layers
+from apt_jax.models import lora as lora_lib
 from apt_jax.models import variants as _variants
 
 PALIGEMMA_VOCAB_SIZE = 257_152
@@ -44,6 +45,13 @@ class Config:
   # APT Stage 2: give this expert a gated cross-attention sublayer in every layer.
   fusion: bool = False
   fusion_gate: FusionGate = "tanh"
+  # LoRA rank on every attention einsum and MLP weight (0: none) and its α (openpi's `*_lora` variants).
+  lora_rank: int = 0
+  lora_alpha: float = 1.0
+
+  @property
+  def lora(self) -> lora_lib.LoraConfig | None:
+    return lora_lib.LoraConfig(self.lora_rank, self.lora_alpha) if self.lora_rank else None
 
 
 _VARIANTS = {
@@ -51,10 +59,13 @@ _VARIANTS = {
     "gemma_300m": dict(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
     "gemma_2b": dict(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256),
 }
+_VARIANTS["gemma_300m_lora"] = dict(_VARIANTS["gemma_300m"], lora_rank=32, lora_alpha=32.0)
+_VARIANTS["gemma_2b_lora"] = dict(_VARIANTS["gemma_2b"], lora_rank=16, lora_alpha=16.0)
 
 
 def get_config(variant: str | Config | dict) -> Config:
-  """A named variant ("dummy", "gemma_300m", "gemma_2b"), a Config, or a dict of Config fields."""
+  """A named variant ("dummy", "gemma_300m", "gemma_2b", "gemma_300m_lora", "gemma_2b_lora"), a Config, or a dict
+  of Config fields."""
   return _variants.resolve(Config, _VARIANTS, variant, "Gemma")
 
 
@@ -117,16 +128,7 @@ def _init(in_axis, out_axis, batch_axis=()):
   return nn.initializers.lecun_normal(in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis)
 
 
-class Einsum(nn.Module):
-  """An einsum with its weight at `<name>/w` (openpi's lora.Einsum without LoRA); weight cast to the input dtype."""
-
-  shape: tuple[int, ...]
-  init_fn: nn.initializers.Initializer = nn.initializers.zeros_init()
-
-  @nn.compact
-  def __call__(self, eqn, x):
-    w = self.param("w", self.init_fn, self.shape)
-    return jnp.einsum(eqn, x, w.astype(x.dtype))
+Einsum = lora_lib.Einsum
 
 
 class Attention(nn.Module):
@@ -146,13 +148,14 @@ class Attention(nn.Module):
       if x is None:
         continue
       if c.num_kv_heads == c.num_heads:
-        qkv_einsum = Einsum((3, c.num_heads, c.width, c.head_dim), _init(-2, -1, (0, 1)), name=_name("qkv_einsum", i))
+        qkv_einsum = Einsum((3, c.num_heads, c.width, c.head_dim), _init(-2, -1, (0, 1)), c.lora,
+                            name=_name("qkv_einsum", i))
         qkvs.append(tuple(qkv_einsum("BSD,3KDH->3BSKH", x)))
       else:
-        q = Einsum((c.num_heads, c.width, c.head_dim), _init(-2, -1, (0,)), name=_name("q_einsum", i))(
+        q = Einsum((c.num_heads, c.width, c.head_dim), _init(-2, -1, (0,)), c.lora, name=_name("q_einsum", i))(
             "BTD,NDH->BTNH", x)
-        k, v = Einsum((2, c.num_kv_heads, c.width, c.head_dim), _init(-2, -1, (0, 1)), name=_name("kv_einsum", i))(
-            "BSD,2KDH->2BSKH", x)
+        k, v = Einsum((2, c.num_kv_heads, c.width, c.head_dim), _init(-2, -1, (0, 1)), c.lora,
+                      name=_name("kv_einsum", i))("BSD,2KDH->2BSKH", x)
         qkvs.append((q, k, v))
 
     q, k, v = (jnp.concatenate(y, axis=1) for y in zip(*qkvs))
@@ -171,7 +174,8 @@ class Attention(nn.Module):
         out.append(None)
         continue
       end = start + x.shape[1]
-      out_einsum = Einsum((c.num_heads, c.head_dim, c.width), _init((-3, -2), -1), name=_name("attn_vec_einsum", i))
+      out_einsum = Einsum((c.num_heads, c.head_dim, c.width), _init((-3, -2), -1), c.lora,
+                          name=_name("attn_vec_einsum", i))
       out.append(out_einsum("BTNH,NHD->BTD", encoded[:, start:end]))
       start = end
     return out, (k, v)
@@ -213,22 +217,26 @@ class FusionAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """Gated GELU MLP (tanh approximation): (gelu(x W0) ⊙ x W1) W_linear."""
+  """Gated GELU MLP (tanh approximation): (gelu(x W0) ⊙ x W1) W_linear, with LoRA adapters when `lora` is set."""
 
   features: int
   hidden_dim: int
+  lora: lora_lib.LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x):
-    dtype = x.dtype
-    w_gating = self.param("gating_einsum",
-                          nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)),
-                          (2, self.features, self.hidden_dim)).astype(dtype)
-    gate_value = nn.gelu(jnp.dot(x, w_gating[0]))
-    activations = gate_value * jnp.dot(x, w_gating[1])
-    w_linear = self.param("linear", nn.initializers.lecun_normal(in_axis=-2, out_axis=-1),
-                          (self.hidden_dim, self.features)).astype(dtype)
-    return jnp.dot(activations, w_linear)
+    gating_shape, linear_shape = (2, self.features, self.hidden_dim), (self.hidden_dim, self.features)
+    w_gating = self.param("gating_einsum", nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)),
+                          gating_shape)
+    w_linear = self.param("linear", nn.initializers.lecun_normal(in_axis=-2, out_axis=-1), linear_shape)
+    gating_lora = lora_lib.dense_adapters(self, "gating_einsum", gating_shape, self.lora)
+    linear_lora = lora_lib.dense_adapters(self, "linear", linear_shape, self.lora)
+
+    def gating(i):
+      adapters = None if gating_lora is None else (gating_lora[0][i], gating_lora[1][i])
+      return lora_lib.dense(x, w_gating[i], adapters)
+
+    return lora_lib.dense(nn.gelu(gating(0)) * gating(1), w_linear, linear_lora)
 
 
 def _gated_residual(x, y, gate):
@@ -276,7 +284,7 @@ class Block(nn.Module):
       gate = None
       if x is not None:
         x, gate = RMSNorm(name=_name("pre_ffw_norm", i))(x, adarms_cond[i])
-        x = FeedForward(features=c.width, hidden_dim=c.mlp_dim, name=_name("mlp", i))(x)
+        x = FeedForward(features=c.width, hidden_dim=c.mlp_dim, lora=c.lora, name=_name("mlp", i))(x)
       out.append(x)
       gates.append(gate)
     xs = [_gated_residual(x, y, g) for x, y, g in zip(xs, out, gates)]

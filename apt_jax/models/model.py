@@ -28,6 +28,7 @@ from apt_jax import tree as tree_lib
 from apt_jax.models import array_typing as at
 from apt_jax.models import gemma
 from apt_jax.models import image_tools
+from apt_jax.models import lora
 from apt_jax.models import objectives
 from apt_jax.models import siglip
 
@@ -228,6 +229,9 @@ class VlaHeadConfig(BaseModelConfig):
   ddim_loss: objectives.DdimLoss = "l1"
   # DDPM training steps T.
   diffusion_steps: int = 100
+  # The data side writes the normalized state into the prompt as 256-bin tokens (π0.5; tokenizer.py). None: False
+  # (Pi0Config: π0.5's default).
+  discrete_state_input: bool | None = None
 
   flow_convention: ClassVar[objectives.FlowConvention] = "pi0"
   # The params Stage 2 adds to a Stage 1 model (a regex over "/"-joined paths); all others come from Stage 1.
@@ -246,14 +250,29 @@ class VlaHeadConfig(BaseModelConfig):
       set_("vlm_trainable", self.apt_stage == "none")
     if self.vlm_lr_multiplier is None:
       set_("vlm_lr_multiplier", 1.0 if self.apt_stage == "none" else 0.1)
+    if self.discrete_state_input is None:
+      set_("discrete_state_input", False)
     if self.apt_stage == "stage1" and self.vlm_trainable:
       raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: vlm_trainable must be False")
+    if self.apt_stage == "stage1" and self.vlm_config.lora is not None:
+      raise ValueError("apt_stage='stage1' trains the VA prior with a frozen VLM: no LoRA on the VLM "
+                       f"(paligemma_variant has lora_rank={self.vlm_config.lora_rank})")
     # The DDIM options are checked whatever the objective: a bad one fails here, not in a later run that uses it.
     objectives.Ddim(self.action_dim, loss_weights=self.loss_weights, ddim_loss=self.ddim_loss)
 
   @property
   def vlm_config(self) -> gemma.Config:
     return self.paligemma_variant
+
+  @property
+  def gemma_experts(self) -> tuple[gemma.Config, ...]:
+    """The Gemma experts of `PaliGemma/llm`, in index order (expert i's params carry the `_i` suffix)."""
+    return (self.vlm_config,)
+
+  def without_lora(self) -> VlaHeadConfig:
+    """The same model with no LoRA adapters (what `lora.merge_params` of this model's params loads into)."""
+    return dataclasses.replace(self, paligemma_variant=dataclasses.replace(self.paligemma_variant, lora_rank=0,
+                                                                           lora_alpha=1.0))
 
   @property
   def uses_language(self) -> bool:
@@ -268,8 +287,9 @@ class VlaHeadConfig(BaseModelConfig):
 
   @property
   def stop_vlm_gradient(self) -> bool:
-    """No gradient from the head into the VLM: it is frozen, or knowledge insulation is on."""
-    return not self.vlm_trainable or self.knowledge_insulation
+    """No gradient from the head into the VLM: it is frozen (and has no LoRA adapters), or knowledge insulation is
+    on."""
+    return not (self.vlm_trainable or self.vlm_config.lora is not None) or self.knowledge_insulation
 
   def objective_fn(self) -> objectives.Objective:
     if self.objective == "flow":
@@ -289,7 +309,11 @@ class VlaHeadConfig(BaseModelConfig):
     return self.model_class()(config=self, params=init(rng))
 
   def freeze_filter(self, path: str) -> bool:
-    return (not self.vlm_trainable) and is_vlm_param(path)
+    """The VLM unless `vlm_trainable`; with a LoRA VLM, its Gemma weights whatever `vlm_trainable` (openpi's
+    get_freeze_filter: SigLIP then trains in one-stage runs). LoRA adapters always train."""
+    if lora.is_lora_param(path) or not is_vlm_param(path):
+      return False
+    return not self.vlm_trainable or (self.vlm_config.lora is not None and llm_expert(path) == 0)
 
   # --- Stage 1 -> Stage 2 ---------------------------------------------------------------------------------------
 
@@ -320,8 +344,9 @@ class VlaHeadConfig(BaseModelConfig):
       elif np.shape(s1[k1]) != np.shape(s2[k2]):
         problems.append(f"{name}: shape {np.shape(s1[k1])} in Stage 1 params, expected {np.shape(s2[k2])}")
     new = sorted(s2.keys() - renamed.keys())
+    # New in Stage 2: the head's language path, and LoRA adapters (a Stage 2 that fine-tunes the VLM through LoRA).
     problems += [f"{k}: neither in Stage 1 nor new in Stage 2" for k in new
-                 if not re.fullmatch(self.stage2_new_params_regex, k)]
+                 if not (re.fullmatch(self.stage2_new_params_regex, k) or lora.is_lora_param(k))]
     if problems:
       raise tree_lib.TreeMismatchError("Stage 1 params do not fit the Stage 2 model:\n  " + "\n  ".join(problems))
     partial = {k2: _as_dtype(s1[k1], s2[k2].dtype) for k2, k1 in renamed.items()}
@@ -336,15 +361,19 @@ def _as_dtype(x, dtype):
   return np.asarray(x).astype(dtype)
 
 
-def is_vlm_param(path: str) -> bool:
-  """SigLIP and Gemma expert 0 (PaliGemma's own weights); not the action expert (`_1`) nor fusion layers.
+def llm_expert(path: str) -> int | None:
+  """The Gemma expert of a `PaliGemma/llm/...` param: i for a `_i` suffix on some path component (`q_einsum_1`,
+  `mlp_1`, `fusion_1`), else 0 (the VLM); None outside the LLM."""
+  if not path.startswith("PaliGemma/llm/"):
+    return None
+  suffixes = [m.group(1) for p in path.split("/")[2:] if (m := re.search(r"_(\d+)$", p))]
+  return int(suffixes[0]) if suffixes else 0
 
-  Inside `PaliGemma/llm`, experts i > 0 carry a `_i` suffix on some path component (`q_einsum_1`, `mlp_1`,
-  `fusion_1`); SigLIP's linen auto-names (`LayerNorm_0`, `Dense_1`) are all VLM.
-  """
-  if path.startswith("PaliGemma/img/"):
-    return True
-  return path.startswith("PaliGemma/llm/") and not any(re.search(r"_\d+$", p) for p in path.split("/")[2:])
+
+def is_vlm_param(path: str) -> bool:
+  """SigLIP and Gemma expert 0 (PaliGemma's own weights, LoRA adapters included); not the action expert (`_1`) nor
+  fusion layers. SigLIP's linen auto-names (`LayerNorm_0`, `Dense_1`) are all VLM."""
+  return path.startswith("PaliGemma/img/") or llm_expert(path) == 0
 
 
 class VlaHeadModule(nn.Module):

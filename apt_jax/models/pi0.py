@@ -1,7 +1,14 @@
-"""π0 (openpi's JAX model, numerically identical) with APT's two stages for the π-style architecture.
+"""π0 and π0.5 (openpi's JAX models, numerically identical) with APT's two stages for the π-style architecture.
 
 Token sequence: prefix = [image tokens of each camera ; prompt tokens] (vlm.py), suffix = [state token ; AH action
 tokens]. The VLM (Gemma expert 0) and the action expert (expert 1) share every attention through one mask.
+
+π0.5 (`pi05=True`, openpi's `Pi0Config(pi05=True)`): the flow time goes through time_mlp_in -> swish -> time_mlp_out ->
+swish into adaptive RMSNorm (scale, shift, gated residual) in every expert layer and the expert's final norm; the
+action tokens carry no time; the state reaches the model as 256-bin tokens in the prompt (`discrete_state_input`,
+tokenizer.py), not as a state token; prompts are 200 tokens. APT on π0.5: Stage 1 drops the prompt and the discrete
+state with it, so the prior reads the state as π0 does, through a continuous `state_proj` token (`state_token`); Stage
+2 adds the prompt back (task and discrete state) through the same gated fusion as π0.
 
 APT (`apt_stage`): "stage1" drops the prompt and freezes the VLM, whose prefix then runs once, outside the backward
 pass; "stage2" brings the prompt back, but only through a gated cross-attention sublayer (`fusion_1`,
@@ -11,7 +18,7 @@ shut Stage 2 is its Stage 1 parent. The masks and positions below say how.
 Objective: "flow" is openpi's flow matching, with openpi's rng draws and Euler loop; "ddim" is the paper's
 (objectives.Ddim), with the diffusion step k embedded as k/T.
 
-Letters: B batch, P prefix length, A suffix length (1 + AH), AH action horizon, AD action dim, D width.
+Letters: B batch, P prefix length, A suffix length ([1 +] AH), AH action horizon, AD action dim, D width.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax.numpy as jnp
 from apt_jax.models import array_typing as at
 from apt_jax.models import gemma
 from apt_jax.models import layers
+from apt_jax.models import lora
 from apt_jax.models import model as _model
 from apt_jax.models import vlm
 
@@ -45,10 +53,20 @@ def posemb_sincos(pos, embedding_dim: int, min_period: float, max_period: float)
 
 @dataclasses.dataclass(frozen=True)
 class Pi0Config(_model.VlaHeadConfig):
-  """π0: openpi's sizes by default, plus its Stage 2 options."""
+  """π0 (or π0.5 with `pi05`): openpi's sizes by default, plus its Stage 2 options."""
 
   action_horizon: int = 50
+  # None: 48 for π0, 200 for π0.5 (openpi).
+  max_token_len: int | None = None
+  # None: the state goes into the prompt for π0.5 only (openpi); pi05_libero turns it off.
+  discrete_state_input: bool | None = None
   action_expert_variant: Any = "gemma_300m"
+  # π0.5: adaptive RMSNorm on the flow time in the expert, no state token (unless APT: see `state_token`).
+  pi05: bool = False
+  # The state enters the suffix as a token (`state_proj`). None: always for π0; for π0.5 under APT only, since Stage 1
+  # drops the prompt and with it π0.5's discrete state, so the prior needs the state on a path of its own (kept in
+  # Stage 2, whose prompt adds the task and the discrete state through the gated fusion).
+  state_token: bool | None = None
   # Stage 2's gate (gemma.FusionAttention): "tanh" (α = 0), "tanh_zero_proj" (α = 1, zero projection), "sigmoid".
   fusion_gate: gemma.FusionGate = "tanh"
   # Stage 2: may image tokens attend to the prompt?
@@ -62,6 +80,12 @@ class Pi0Config(_model.VlaHeadConfig):
   stage2_new_params_regex = r"PaliGemma/llm/layers/fusion_1/.*"
 
   def __post_init__(self):
+    if self.max_token_len is None:
+      object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
+    if self.discrete_state_input is None:
+      object.__setattr__(self, "discrete_state_input", self.pi05)
+    if self.state_token is None:
+      object.__setattr__(self, "state_token", not self.pi05 or self.apt_stage != "none")
     super().__post_init__()
     object.__setattr__(self, "action_expert_variant", gemma.get_config(self.action_expert_variant))
     _model.check_choice(self, "fusion_gate", gemma.FUSION_GATES)
@@ -75,6 +99,21 @@ class Pi0Config(_model.VlaHeadConfig):
   @property
   def language_block(self) -> bool:
     return self.apt_stage == "stage2" and self.stage2_prefix_mask == "causal"
+
+  @property
+  def gemma_experts(self) -> tuple[gemma.Config, ...]:
+    return (self.vlm_config, self.expert_config)
+
+  def without_lora(self) -> Pi0Config:
+    no_lora = dataclasses.replace(self.action_expert_variant, lora_rank=0, lora_alpha=1.0)
+    return dataclasses.replace(super().without_lora(), action_expert_variant=no_lora)
+
+  def freeze_filter(self, path: str) -> bool:
+    # A LoRA expert trains its adapters, not its weights (openpi's get_freeze_filter); Stage 2's fusion layers train.
+    if (self.expert_config.lora is not None and _model.llm_expert(path) == 1 and not lora.is_lora_param(path)
+        and "/fusion_1/" not in path):
+      return True
+    return super().freeze_filter(path)
 
   @property
   def separate_prefix_pass(self) -> bool:
@@ -96,10 +135,15 @@ class Pi0Module(_model.VlaHeadModule):
     c = self.config
     width = c.expert_config.width
     self.PaliGemma = vlm.from_config(c, c.expert_config)
-    self.state_proj = nn.Dense(width)
+    if c.state_token:
+      self.state_proj = nn.Dense(width)
     self.action_in_proj = nn.Dense(width)
-    self.action_time_mlp_in = nn.Dense(width)
-    self.action_time_mlp_out = nn.Dense(width)
+    if c.pi05:
+      self.time_mlp_in = nn.Dense(width)
+      self.time_mlp_out = nn.Dense(width)
+    else:
+      self.action_time_mlp_in = nn.Dense(width)
+      self.action_time_mlp_out = nn.Dense(width)
     self.action_out_proj = nn.Dense(c.action_dim)
 
   # --- Embeddings -------------------------------------------------------------------------------------------------
@@ -110,21 +154,34 @@ class Pi0Module(_model.VlaHeadModule):
 
   @at.typecheck
   def embed_suffix(self, obs: _model.Observation, noisy_actions: _model.Actions, timestep: at.Float[at.Array, " b"]
-                   ) -> tuple[at.Float[at.Array, "b s emb"], at.Bool[at.Array, "b s"], at.Bool[at.Array, " s"]]:
-    state_token = self.state_proj(obs.state)[:, None, :]
+                   ) -> tuple[at.Float[at.Array, "b s emb"], at.Bool[at.Array, "b s"], at.Bool[at.Array, " s"],
+                              at.Float[at.Array, "b emb"] | None]:
+    """-> (tokens [B, A, D], mask [B, A], ar [A], adarms_cond [B, D] for π0.5's adaptive norms or None)."""
+    c = self.config
+    tokens, ar = [], []
+    if c.state_token:
+      # The state token opens a block: the prefix does not see it.
+      tokens.append(self.state_proj(obs.state)[:, None, :])
+      ar.append(True)
     action_tokens = self.action_in_proj(noisy_actions)
     # t ∈ [0, 1] with periods from 4e-3 to 4: fine resolution over the whole unit interval (openpi).
     time_emb = posemb_sincos(timestep, action_tokens.shape[-1], min_period=4e-3, max_period=4.0)
     self.sow("intermediates", "time_emb", time_emb)
-    time_tokens = einops.repeat(time_emb, "b emb -> b s emb", s=self.config.action_horizon)
-    x = self.action_time_mlp_in(jnp.concatenate([action_tokens, time_tokens], axis=-1))
-    x = self.action_time_mlp_out(nn.swish(x))
-    tokens = jnp.concatenate([state_token, x], axis=1)
-    mask = jnp.ones(tokens.shape[:2], jnp.bool_)
-    # The state token opens a block (the prefix does not see it), the actions another (prefix and state do not see
-    # them); the actions see each other.
-    ar = jnp.array([True, True] + [False] * (self.config.action_horizon - 1))
-    return tokens, mask, ar
+    if c.pi05:
+      # π0.5: the time conditions every expert norm (adaptive RMSNorm); the action tokens carry no time.
+      adarms_cond = nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_emb))))
+      self.sow("intermediates", "adarms_cond", adarms_cond)
+      x = action_tokens
+    else:
+      adarms_cond = None
+      time_tokens = einops.repeat(time_emb, "b emb -> b s emb", s=c.action_horizon)
+      x = self.action_time_mlp_in(jnp.concatenate([action_tokens, time_tokens], axis=-1))
+      x = self.action_time_mlp_out(nn.swish(x))
+    tokens.append(x)
+    # The actions open another block (nothing before sees them) and see each other.
+    ar += [True] + [False] * (c.action_horizon - 1)
+    tokens = jnp.concatenate(tokens, axis=1)
+    return tokens, jnp.ones(tokens.shape[:2], jnp.bool_), jnp.array(ar), adarms_cond
 
   def _time(self, net_time):
     """The time embedding reads [0, 1], t=1 noise: the DDIM step k enters as k/T (k large = noisy)."""
@@ -192,10 +249,10 @@ class Pi0Module(_model.VlaHeadModule):
     (prefix_out, _), kv_cache = self.PaliGemma.llm([prefix.tokens, None], mask=attn, positions=positions)
     return prefix_out, kv_cache
 
-  def suffix_forward(self, prefix: vlm.Prefix, kv_cache, suffix_tokens, suffix_mask, suffix_ar):
+  def suffix_forward(self, prefix: vlm.Prefix, kv_cache, suffix_tokens, suffix_mask, suffix_ar, adarms_cond=None):
     attn, positions, fusion = self._suffix_masks(prefix, suffix_mask, suffix_ar)
     (_, suffix_out), _ = self.PaliGemma.llm([None, suffix_tokens], mask=attn, positions=positions,
-                                            kv_cache=kv_cache, fusion_mask=fusion)
+                                            kv_cache=kv_cache, adarms_cond=[None, adarms_cond], fusion_mask=fusion)
     return suffix_out
 
   def encode(self, obs: _model.Observation, *, with_language: bool | None = None):
@@ -211,8 +268,8 @@ class Pi0Module(_model.VlaHeadModule):
   def denoise(self, obs: _model.Observation, context, x_t, net_time):
     """-> [B, AH, AD]: u = ε − a for flow, ε for DDIM."""
     prefix, kv_cache = context
-    tokens, mask, ar = self.embed_suffix(obs, x_t, self._time(net_time))
-    suffix_out = self.suffix_forward(prefix, kv_cache, tokens, mask, ar)
+    tokens, mask, ar, adarms_cond = self.embed_suffix(obs, x_t, self._time(net_time))
+    suffix_out = self.suffix_forward(prefix, kv_cache, tokens, mask, ar, adarms_cond)
     return self.action_out_proj(suffix_out[:, -self.config.action_horizon:])
 
   def predict(self, obs: _model.Observation, x_t, net_time):
@@ -222,10 +279,10 @@ class Pi0Module(_model.VlaHeadModule):
     if c.separate_prefix_pass:
       return super().predict(obs, x_t, net_time)
     prefix = self.embed_prefix(obs, with_language=c.uses_language)
-    tokens, mask, ar = self.embed_suffix(obs, x_t, self._time(net_time))
+    tokens, mask, ar, adarms_cond = self.embed_suffix(obs, x_t, self._time(net_time))
     attn, positions, fusion = self._joint_masks(prefix, mask, ar)
     (prefix_out, suffix_out), _ = self.PaliGemma.llm([prefix.tokens, tokens], mask=attn, positions=positions,
-                                                     fusion_mask=fusion)
+                                                     adarms_cond=[None, adarms_cond], fusion_mask=fusion)
     v_t = self.action_out_proj(suffix_out[:, -c.action_horizon:])
     sown = dict(prefix_tokens=prefix.tokens, suffix_tokens=tokens, attn_mask=attn, positions=positions,
                 prefix_out=prefix_out, suffix_out=suffix_out, v_t=v_t)

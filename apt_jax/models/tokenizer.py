@@ -1,8 +1,9 @@
-"""PaliGemma SentencePiece tokenizer with openpi's π0 prompt convention.
+"""PaliGemma SentencePiece tokenizer with openpi's π0 and π0.5 prompt conventions.
 
-`tokenize(prompt)` = BOS + encode(cleaned text) + encode("\\n"), truncated or right-padded with 0 to `max_len`, plus a
-boolean mask that is True on real tokens. Cleaning: strip, lower-case is NOT applied (openpi only strips and turns
-"_" and "\\n" into spaces).
+π0: `tokenize(prompt)` = BOS + encode(cleaned text) + encode("\\n"). π0.5 (`tokenize(prompt, state)`, the normalized
+state in [-1, 1]): BOS + encode("Task: {cleaned}, State: {bins};\\nAction: "), the bins `discretize_state(state)`
+joined by spaces. Either is truncated or right-padded with 0 to `max_len`, plus a boolean mask that is True on real
+tokens. Cleaning: strip, lower-case is NOT applied (openpi only strips and turns "_" and "\\n" into spaces).
 """
 
 from __future__ import annotations
@@ -13,9 +14,23 @@ import os
 import numpy as np
 import sentencepiece as spm
 
+STATE_BINS = 256
+
 
 def clean_text(text: str) -> str:
   return text.strip().replace("_", " ").replace("\n", " ")
+
+
+def discretize_state(state) -> np.ndarray:
+  """openpi's π0.5 state bins: 256 equal bins over [-1, 1), bin k = [-1 + 2k/256, -1 + 2(k+1)/256). Values below -1
+  give -1 and values from 1 - 2/256 up give 255 (np.digitize, as openpi: not clipped)."""
+  return np.digitize(np.asarray(state), bins=np.linspace(-1, 1, STATE_BINS + 1)[:-1]) - 1
+
+
+def pi05_prompt(prompt: str, state) -> str:
+  """The π0.5 text: the cleaned task and the discretized state."""
+  bins = " ".join(map(str, discretize_state(state)))
+  return f"Task: {clean_text(prompt)}, State: {bins};\nAction: "
 
 
 class PaligemmaTokenizer:
@@ -44,12 +59,15 @@ class PaligemmaTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
-  def tokenize(self, prompt: str, *, truncate: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """prompt -> (tokens [max_len] int32, mask [max_len] bool).
+  def tokenize(self, prompt: str, state=None, *, truncate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """prompt (and for π0.5 the normalized state [S]) -> (tokens [max_len] int32, mask [max_len] bool).
 
     Longer prompts are truncated with a warning; with truncate=False they raise instead (naming the prompt).
     """
-    tokens = [self._sp.bos_id()] + self._sp.encode(clean_text(prompt)) + self._sp.encode("\n")
+    if state is None:
+      tokens = [self._sp.bos_id()] + self._sp.encode(clean_text(prompt)) + self._sp.encode("\n")
+    else:
+      tokens = [self._sp.bos_id()] + self._sp.encode(pi05_prompt(prompt, state))
     n = len(tokens)
     if n > self.max_len:
       if not truncate:

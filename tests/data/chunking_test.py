@@ -122,3 +122,24 @@ def test_loader_normalizes_before_padding(chunk_dir, config_fn, loader_fn, tmp_p
     want_s, want_a = (s0 + 2) / (0.5 + 1e-6), (a - 10) / (2 + 1e-6)
   np.testing.assert_allclose(b["state"][0], _pad(want_s), atol=1e-5)
   np.testing.assert_allclose(b["actions"][0], _pad(want_a), atol=1e-5)
+
+
+def test_pi05_loader_puts_the_normalized_state_in_the_prompt(chunk_dir, config_fn, loader_fn, tmp_path,
+                                                             tokenizer_path):
+  """openpi's π0.5 data path: quantile-normalized state (8 dims, before padding) in 256 bins in the prompt."""
+  from apt_jax.data import normalize as N
+  from apt_jax.models.tokenizer import PaligemmaTokenizer
+  st = N.NormStats(mean=np.zeros(8), std=np.ones(8), q01=np.full(8, -4.0), q99=np.full(8, 0.0))
+  at = N.NormStats(mean=np.zeros(7), std=np.ones(7), q01=np.full(7, 0.0), q99=np.full(7, 1.0))
+  path = N.save(tmp_path, {"state": st, "actions": at})
+  cfg = config_fn(chunk_dir, NAME, norm_stats_path=str(path), use_quantile_norm=True)
+  b = next(loader_fn(cfg, batch_size=3, max_token_len=200, discrete_state_input=True))
+  tok = PaligemmaTokenizer(tokenizer_path, max_len=200)
+  for t in range(3):
+    # state[t, j] = -(t + 1) - j/100 -> x = (s + 4) / (4 + 1e-6) * 2 - 1 in [-1, 1): bin floor((x + 1) * 128).
+    x = [(3 - t - j / 100) / (4 + 1e-6) * 2 - 1 for j in range(8)]
+    bins = [int(np.floor((v + 1) * 128)) for v in x]
+    text = f"Task: put the bowl on the plate, State: {' '.join(map(str, bins))};\nAction: "
+    want = [tok.bos_id] + tok.encode(text)
+    np.testing.assert_array_equal(b["tokenized_prompt"][t, :len(want)], want, err_msg=f"step {t}")
+    np.testing.assert_array_equal(b["tokenized_prompt_mask"][t], np.arange(200) < len(want))

@@ -34,7 +34,7 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["debug_gr00t", "debug_apt_expert"])
+@pytest.mark.parametrize("module", ["debug_gr00t", "debug_apt_expert", "debug_pi05"])
 def test_debug_config_trains_stage1_then_stage2(module, tmp_path):
   s1 = tmp_path / "s1"
   train.main(debug_config(module, "stage1"), s1)
@@ -47,7 +47,7 @@ def test_debug_config_trains_stage1_then_stage2(module, tmp_path):
   assert len(l2) == 1 and np.isfinite(l2).all()
 
 
-@pytest.mark.parametrize("module", ["debug_gr00t", "debug_apt_expert"])
+@pytest.mark.parametrize("module", ["debug_gr00t", "debug_apt_expert", "debug_pi05"])
 def test_debug_config_builds_and_round_trips_through_the_registry(module):
   from apt_jax.models import registry
   c = debug_config(module, "stage2")

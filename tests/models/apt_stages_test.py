@@ -1,6 +1,10 @@
-"""APT for the π-style architecture: Stage 1 ignores the prompt, Stage 2 starts exactly at Stage 1."""
+"""APT for the π-style architecture, π0 and π0.5: Stage 1 ignores the prompt, Stage 2 starts exactly at Stage 1.
+
+Tests that take `stage1` or `pi05` run for both: π0.5 under APT has adaptive norms in the expert and a state token.
+"""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +24,8 @@ SIZES = dict(
     siglip_variant=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(56, 56)), remat_policy="none")
 
 
-def config(stage, **kw) -> pi0.Pi0Config:
-  return pi0.Pi0Config(apt_stage=stage, **{**SIZES, **kw})
+def config(stage, pi05=False, **kw) -> pi0.Pi0Config:
+  return pi0.Pi0Config(apt_stage=stage, pi05=pi05, **{**SIZES, **kw})
 
 
 def make_obs(seed=0, prompt_seed=0, prompt_len=(5, 3)):
@@ -48,14 +52,26 @@ def loss_and_actions(model, obs):
   return loss, model.sample_actions(jax.random.key(1), obs, num_steps=3, noise=NOISE)
 
 
-@pytest.fixture(scope="module")
-def stage1():
-  return config("stage1").create(jax.random.key(0))
+def create(cfg: pi0.Pi0Config, seed: int = 0):
+  """A fresh model; for π0.5 with its adaptive norms moved off their zero init, which shuts every expert layer (gate
+  0: the layers add nothing and get no gradient, so any test of what the expert reads would pass trivially)."""
+  model = cfg.create(jax.random.key(seed))
+  if not cfg.pi05:
+    return model
+  rng = np.random.default_rng(seed)
+  flat = {k: v + 0.1 * rng.normal(size=v.shape).astype(v.dtype) if re.fullmatch(r".*norm_1/Dense_0/.*", k) else v
+          for k, v in tree_lib.flatten(model.params).items()}
+  return model.replace(params=tree_lib.unflatten(flat))
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["pi0", "pi05"])
+def stage1(request):
+  return create(config("stage1", pi05=request.param))
 
 
 def stage2_from(stage1_model, **kw):
   """Stage 2 initialised from Stage 1: every Stage 1 param restored, only fusion params new."""
-  fresh = config("stage2", **kw).create(jax.random.key(1))
+  fresh = config("stage2", pi05=stage1_model.config.pi05, **kw).create(jax.random.key(1))
   new = set(tree_lib.flatten(fresh.params)) - set(tree_lib.flatten(stage1_model.params))
   assert new and all("/fusion_1/" in k for k in new), sorted(new)
   return fresh.replace(params=tree_lib.merge(fresh.params, stage1_model.params))
@@ -68,11 +84,20 @@ def test_stage1_is_invariant_to_the_prompt(stage1):
     np.testing.assert_array_equal(x, y)
 
 
+def test_stage1_reads_the_state(stage1):
+  """The prior's only state path is the state token (π0.5 too: its discrete state went with the prompt)."""
+  obs = make_obs()
+  other = dataclasses.replace(obs, state=obs.state + 1.0)
+  a, b = loss_and_actions(stage1, obs)[1], loss_and_actions(stage1, other)[1]
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
 def test_stage1_dropping_language_equals_masking_it(stage1):
   """Dropping the prompt == a plain π0 pass whose prompt is masked out of every attention (positions included)."""
   obs = make_obs()
   masked = dataclasses.replace(obs, tokenized_prompt_mask=np.zeros_like(obs.tokenized_prompt_mask))
-  joint = config("none").load(stage1.params)  # Same weights, joint pass with language tokens present but masked.
+  # Same weights (π0.5: with the APT state token), joint pass with language tokens present but masked.
+  joint = config("none", pi05=stage1.config.pi05, state_token=True).load(stage1.params)
   assert not joint.config.separate_prefix_pass
   for x, y in zip(loss_and_actions(stage1, obs), loss_and_actions(joint, masked)):
     np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
@@ -122,16 +147,19 @@ def _grads(model):
   return tree_lib.flatten(jax.jit(jax.grad(loss_fn))(model.params))
 
 
+@pytest.mark.parametrize("pi05", [False, True], ids=["pi0", "pi05"])
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_frozen_vlm_gets_zero_gradient_and_expert_does_not(stage):
-  model = config(stage).create(jax.random.key(0))
+def test_frozen_vlm_gets_zero_gradient_and_expert_does_not(stage, pi05):
+  model = create(config(stage, pi05=pi05))
   if stage == "stage2":
     model = _open_gates(model)
   grads = _grads(model)
   frozen = {k for k in grads if model.config.freeze_filter(k)}
   assert any(k.startswith("PaliGemma/img/") for k in frozen) and "PaliGemma/llm/embedder/input_embedding" in frozen
-  for k in ["PaliGemma/llm/layers/attn/q_einsum_1/w", "PaliGemma/llm/layers/mlp_1/linear",
-            "PaliGemma/llm/final_norm_1/scale", "state_proj/kernel", "action_out_proj/kernel"]:
+  expert = (["PaliGemma/llm/final_norm_1/Dense_0/kernel", "PaliGemma/llm/layers/pre_ffw_norm_1/Dense_0/kernel",
+             "time_mlp_in/kernel"] if pi05 else ["PaliGemma/llm/final_norm_1/scale", "action_time_mlp_in/kernel"])
+  for k in ["PaliGemma/llm/layers/attn/q_einsum_1/w", "PaliGemma/llm/layers/mlp_1/linear", "state_proj/kernel",
+            "action_out_proj/kernel", *expert]:
     assert k in grads and k not in frozen
   for k in frozen:
     assert not np.any(grads[k]), k

@@ -89,13 +89,16 @@ def test_apt_stage2_export_carries_fusion_params(tmp_path, tiny_vocab, tiny_toke
                       jax.tree.map(np.asarray, model.params))
 
 
-def test_openpi_checkpoint_round_trips_through_export(openpi_fixture_dir, tmp_path):
-  """An openpi checkpoint (no model_config.json) exports with an explicit model config and restores unchanged."""
+@pytest.mark.parametrize("fixture_dir", ["openpi_fixture_dir", "openpi_pi05_fixture_dir"], ids=["pi0", "pi05"])
+def test_openpi_checkpoint_round_trips_through_export(fixture_dir, tmp_path, request):
+  """An openpi π0 or π0.5 checkpoint (no model_config.json) exports with an explicit model config and restores
+  unchanged."""
+  openpi_fixture_dir = request.getfixturevalue(fixture_dir)
   cfg_file = tmp_path / "fixture_model.json"
   cfg_file.write_text(json.dumps({"head": "pi0", "config": testing.fixture_model_kwargs(openpi_fixture_dir)}))
   out = tmp_path / "reexport"
   meta = export.export_openpi(openpi_fixture_dir / "checkpoint", out, model_config=cfg_file)
-  assert meta["openpi_pi0_compatible"]
+  assert meta["openpi_pi0_compatible"] and meta["extra_params"] == []
   src = checkpoints.restore_params(openpi_fixture_dir / "checkpoint" / "params", restore_type=np.ndarray)
   _assert_trees_equal(checkpoints.restore_params(out / "params", restore_type=np.ndarray), src)
   assert (out / "assets" / "physical-intelligence" / "libero" / "norm_stats.json").exists()

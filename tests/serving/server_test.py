@@ -360,3 +360,47 @@ def test_serves_an_openpi_checkpoint(openpi_fixture_dir, tiny_tokenizer_path, tm
     out = client.infer(pol.transforms.env.example(rng, prompt="put the bowl on the plate"))
     assert out["actions"].shape == (model_kwargs["action_horizon"], 7) and np.all(np.isfinite(out["actions"]))
     client._ws.close()
+
+
+@pytest.mark.parametrize("env", ["libero", "droid"])
+def test_serves_an_openpi_pi05_checkpoint_with_the_state_in_the_prompt(openpi_pi05_fixture_dir, tiny_tokenizer_path,
+                                                                       tmp_path, rng, env):
+  """openpi's π0.5 checkpoint behind the server, with openpi's pi05 transforms (pi05_libero / pi05_droid: quantile
+  norm, the normalized state discretized into the prompt): the prompt tokens are those of the text built by hand."""
+  from apt_jax import policy as _policy
+  from apt_jax.data import normalize as _normalize
+  from apt_jax.models import tokenizer as _tokenizer
+  model_kwargs = testing.fixture_model_kwargs(openpi_pi05_fixture_dir)
+  assert model_kwargs["pi05"] and model_kwargs["discrete_state_input"]
+  cfg = tmp_path / "model.json"
+  cfg.write_text(json.dumps(dict(model_kwargs, dtype="bfloat16")))
+  step = openpi_pi05_fixture_dir / "checkpoint"
+  stats = _normalize.load(step / "assets/physical-intelligence/libero/norm_stats.json")
+  if env == "droid":  # DROID acts in 8 dims, the fixture's LIBERO stats have 7: repeat the gripper's (a width check)
+    a = stats["actions"]
+    stats["actions"] = _normalize.NormStats(*(None if x is None else np.append(x, x[-1:]) for x in
+                                              (a.mean, a.std, a.q01, a.q99)))
+    step = tmp_path / "step"
+    (step / "params").parent.mkdir()
+    (step / "params").symlink_to(openpi_pi05_fixture_dir / "checkpoint" / "params")
+    _normalize.save(step / "assets/physical-intelligence/libero", stats)
+  pol = _policy.create_trained_policy(step, model_config=cfg, head="pi0", env=env,
+                                      asset_id="physical-intelligence/libero", tokenizer_path=tiny_tokenizer_path,
+                                      use_quantile_norm=True)
+  obs = pol.transforms.env.example(rng, prompt="put the bowl on the plate")
+  state = np.concatenate([obs[k] for k, _ in pol.transforms.env.state_fields])
+  assert state.shape == (8,)
+  q01, q99 = np.asarray(stats["state"].q01, np.float32), np.asarray(stats["state"].q99, np.float32)
+  bins = np.digitize((state - q01) / (q99 - q01 + 1e-6) * 2 - 1, np.linspace(-1, 1, 257)[:-1]) - 1
+  text = f"Task: put the bowl on the plate, State: {' '.join(map(str, bins))};\nAction: "
+  sp = _tokenizer.PaligemmaTokenizer(tiny_tokenizer_path, max_len=200)
+  want = [sp.bos_id] + sp.encode(text)
+  data, _ = pol.prepare(obs)
+  np.testing.assert_array_equal(data["tokenized_prompt"][0, :len(want)], want)
+  assert not data["tokenized_prompt_mask"][0, len(want):].any()
+  with running_server(pol) as s:
+    client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
+    out = client.infer(obs)
+    assert out["actions"].shape == (model_kwargs["action_horizon"], pol.transforms.env.action_dim)
+    assert np.all(np.isfinite(out["actions"]))
+    client._ws.close()
