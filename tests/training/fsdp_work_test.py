@@ -26,7 +26,7 @@ def _step_flops(config, devices) -> float:
 @pytest.mark.parametrize("stage", ["joint", "stage1"])
 def test_fsdp_devices_split_the_work(stage):
   config = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", stage)
-  config.model.kwargs.update({k: v for k, v in testing.SIZES["small"].items()})
+  config.model.kwargs.update(testing.SIZES["small"])
   config.batch_size, config.mesh.min_fsdp_mbytes, config.train_augment = 8, 0.0, False
   one = _step_flops(config, jax.devices()[:1])
   assert 8 * _step_flops(config, jax.devices()) == pytest.approx(one, rel=1e-3)
