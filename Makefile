@@ -27,7 +27,7 @@ test-all: venv
 	$(BIN)/python -m pytest -q tests
 
 demo: venv
-	$(BIN)/python -m apt_jax.demo
+	$(BIN)/python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --overwrite
 
 bench: venv
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -1,43 +1,54 @@
-"""`make demo`: the laptop-scale APT testbed, end to end on CPU (issue #7).
+"""`make demo`: testbed v2 end to end on CPU (docs/testbed_v2_protocol.md).
 
-  python -m apt_jax.demo [--workdir out/demo] [--config demo|tiny|full]
+  python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --overwrite
+  python -m apt_jax.demo --config experiments/testbed_full.py:shortcut --workdir out/testbed_v2 --resume
 
-Renders a 2-D tabletop (apt_jax/envs/tabletop.py), pretrains a tiny PaliGemma on a synonym-rich corpus from the
-same renderer (prefix-LM, saved as a big_vision npz), trains the Table 2 recipes (π0 joint, APT frozen, APT + VLM
-FT, KI, KI + two stages, and the Stage 2 mask ablation) on single-template demonstrations in a LIBERO-like fixed
-layout, evaluates them closed-loop on the seen / paraphrase / compositional / task-perturbation splits, and writes
-results.{md,json,png} to the workdir.
-The config is experiments/testbed_demo.py; the longer run is experiments/testbed_full.py.
+Pretrains a tiny PaliGemma per seed on a renderer-generated corpus, gates it with linear probes (a VLM that cannot
+locate what the instruction names stops the run, loudly), trains the Table 2 recipes and controls on both data arms,
+evaluates them closed-loop on every split, and writes results.jsonl (per episode), results.{md,json} (tables, the
+pre-registered endpoint), plots and a checkpoint per recipe to the workdir. An existing workdir needs --overwrite
+(start over) or --resume (skip what is done).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pathlib
 import shutil
 import sys
 
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="out/demo")
-  parser.add_argument("--config", default="demo", choices=["demo", "tiny", "full"])
-  args = parser.parse_args()
-  logging.basicConfig(level=logging.WARNING)
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/testbed_demo.py", "Testbed config file[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "out/demo", "Output directory.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an existing workdir first.")
+_RESUME = flags.DEFINE_bool("resume", False, "Continue in an existing workdir, skipping completed work.")
+
+
+def main(argv):
+  del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
   from apt_jax.testbed import experiment
-  from experiments import testbed_demo, testbed_full
-  cfg = {"demo": testbed_demo.get_config, "tiny": testbed_demo.tiny_config, "full": testbed_full.get_config}[
-      args.config]()
-  workdir = pathlib.Path(args.workdir).absolute()
-  if workdir.exists():
-    shutil.rmtree(workdir)  # A demo starts fresh.
+  from apt_jax.testbed import probes
+  workdir = pathlib.Path(_WORKDIR.value).absolute()
+  if workdir.exists() and any(workdir.iterdir()):
+    if _OVERWRITE.value:
+      shutil.rmtree(workdir)
+    elif not _RESUME.value:
+      sys.exit(f"{workdir} exists: pass --overwrite to start over or --resume to continue it")
   command = "python -m apt_jax.demo " + " ".join(sys.argv[1:])
-  summary = experiment.run(cfg, workdir, command=command.strip())
-  print(f"\nResults: {workdir}/results.md  {workdir}/results.json  plot: {workdir}/results.png  "
-        f"(total {summary['timings']['total_s']:.0f}s)")
+  try:
+    summary = experiment.run(_CONFIG.value, workdir, command=command)
+  except probes.VlmGateError as e:
+    bar = "!" * 100
+    sys.exit(f"\n{bar}\nNO RECIPE COMPARISON: {e}\n{bar}")
+  print(f"\nResults: {workdir}/results.md (tables, endpoint)  {workdir}/results.jsonl (per episode)\n"
+        f"Plots: " + "  ".join(str(p) for p in sorted(workdir.glob("*.png")))
+        + f"\nTotal {summary['timings']['total_s']:.0f}s")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -32,6 +32,7 @@ from apt_jax import optimizer as _optimizer
 from apt_jax import sharding as _sharding
 from apt_jax import tree as tree_lib
 from apt_jax import weight_loaders
+from apt_jax.models import cotrain as _cotrain
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 
@@ -58,6 +59,8 @@ class StepContext:
   grad_accum_steps: int = 1
   train_augment: bool = True
   mesh: Any = None
+  # Knowledge insulation's VL co-training: weight of the VLM's prefix-LM loss when a batch carries "vl".
+  vl_cotrain_weight: float = 1.0
 
 
 def model_config_from(config) -> _model.BaseModelConfig:
@@ -65,19 +68,25 @@ def model_config_from(config) -> _model.BaseModelConfig:
 
 
 def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
+  """-> (loss, parts). With a "vl" sub-batch (knowledge insulation's VL co-training, any head), the VLM's own
+  prefix-LM loss is added at weight `ctx.vl_cotrain_weight`."""
   params = _optimizer.combine(trainable, frozen)
   model = ctx.model_config.model_class()(config=ctx.model_config, params=params)
   obs = _model.Observation.from_dict(batch)
-  return jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
+  action_loss = jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
+  if "vl" not in batch:
+    return action_loss, {}
+  vl_loss = _cotrain.vl_loss(model, batch["vl"])
+  return action_loss + ctx.vl_cotrain_weight * vl_loss, {"action_loss": action_loss, "vl_loss": vl_loss}
 
 
 def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch (dict in openpi's layout, images uint8 or float)."""
   train_rng = jax.random.fold_in(rng, state.step)
   batch = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh), batch)
-  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, ctx))
+  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, ctx), has_aux=True)
   if ctx.grad_accum_steps == 1:
-    loss, grads = grad_fn(state.params, state.frozen, train_rng, batch)
+    (loss, parts), grads = grad_fn(state.params, state.frozen, train_rng, batch)
   else:
     # Gradient accumulation: mean of micro-batch gradients (equal micro-batch sizes, so equal to the full batch).
     n = ctx.grad_accum_steps
@@ -85,12 +94,13 @@ def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[T
 
     def body(carry, xs):
       i, mb = xs
-      loss, grads = grad_fn(state.params, state.frozen, jax.random.fold_in(train_rng, i), mb)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      out = grad_fn(state.params, state.frozen, jax.random.fold_in(train_rng, i), mb)
+      return jax.tree.map(jnp.add, carry, out), None
 
-    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(n), micro))
-    loss, grads = jax.tree.map(lambda x: x / n, (loss, grads))
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, state.frozen, train_rng,
+                                                       jax.tree.map(lambda x: x[0], micro)))
+    ((loss, parts), grads), _ = jax.lax.scan(body, zero, (jnp.arange(n), micro))
+    loss, parts, grads = jax.tree.map(lambda x: x / n, (loss, parts, grads))
 
   updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -98,7 +108,7 @@ def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[T
   if ctx.ema_decay is not None:
     new_state = new_state.replace(ema_params=_optimizer.ema_update(state.ema_params, params, ctx.ema_decay))
 
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
              "param_norm": _optimizer.kernel_norm(_optimizer.combine(params, state.frozen)),
              "lr": ctx.schedule(state.step)}
   for k, v in tree_lib.flatten(params).items():
@@ -127,7 +137,7 @@ def make_setup(config, model_config, mesh) -> Setup:
                                    vlm_lr_multiplier=getattr(model_config, "vlm_lr_multiplier", 1.0))
   ctx = StepContext(model_config=model_config, tx=tx, schedule=schedule, ema_decay=config.get("ema_decay"),
                     grad_accum_steps=config.get("grad_accum_steps", 1), train_augment=config.get("train_augment", True),
-                    mesh=mesh)
+                    mesh=mesh, vl_cotrain_weight=config.get("vl_cotrain_weight", 1.0))
   abstract_state = jax.eval_shape(lambda: _init_state(config, ctx, is_frozen, jax.random.key(0), {}))
   shardings = _sharding.fsdp_sharding(abstract_state, mesh, min_fsdp_mbytes=config.mesh.get("min_fsdp_mbytes", 4.0))
   return Setup(ctx, shardings, abstract_state, is_frozen)
@@ -348,7 +358,7 @@ def create_data(config, model_config):
       tokenizer_path=config.tokenizer_path, process_index=jax.process_index(), process_count=jax.process_count())
 
 
-MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask", "actions")
+MODEL_KEYS = ("image", "image_mask", "state", "tokenized_prompt", "tokenized_prompt_mask", "actions", "vl")
 
 
 def to_global_batch(local_batch: dict, mesh) -> dict:

@@ -27,15 +27,17 @@ from apt_jax.models import model as _model
 IMAGE_SIZE = T.IMAGE_SIZE
 
 
-def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256):
+def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256,
+                 vlm_lr_multiplier=None):
   """Pi0Config kwargs of the testbed's tiny π0 (size: dict of vlm_width, expert_width, depth, siglip_width...)."""
   heads, kv_heads, head_dim = size.get("num_heads", 2), size.get("num_kv_heads", 1), size.get("head_dim", 16)
   # Stage 2 options pass through when `size` sets them; otherwise Pi0Config's defaults apply.
   stage2 = {k: size[k] for k in ("fusion_gate", "stage2_prefix_mask") if k in size}
   return dict(
       apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation, **stage2,
-      dtype="float32", action_dim=3, action_horizon=size["action_horizon"], max_token_len=size["max_token_len"],
-      vocab_size=vocab_size, num_steps=size.get("flow_steps", 5), remat_policy="none",
+      vlm_lr_multiplier=vlm_lr_multiplier, dtype="float32", action_dim=3, action_horizon=size["action_horizon"],
+      max_token_len=size["max_token_len"], vocab_size=vocab_size, num_steps=size.get("flow_steps", 10),
+      remat_policy="none",
       paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],
                              num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim),
       action_expert_variant=dict(width=size["expert_width"], depth=size["depth"], mlp_dim=2 * size["expert_width"],
@@ -47,7 +49,9 @@ def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_
 
 
 def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed: int, npz_path: str = "",
-                 name: str = "testbed") -> ml_collections.ConfigDict:
+                 name: str = "testbed", warmup: float = 0.05, vl_cotrain_weight: float = 1.0
+                 ) -> ml_collections.ConfigDict:
+  """train.py config of one testbed run: AdamW, linear warmup over `warmup` of the steps, cosine to lr / 10, clip 1."""
   from experiments import common
   c = common.base_config()
   c.name = name
@@ -56,8 +60,9 @@ def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed
   c.data = ml_collections.ConfigDict(dict(kind="memory"))
   c.batch_size = batch_size
   c.num_train_steps = steps
-  c.schedule = dict(kind="warmup_cosine", peak_lr=lr, warmup_steps=min(30, steps // 5), decay_steps=steps,
+  c.schedule = dict(kind="warmup_cosine", peak_lr=lr, warmup_steps=max(1, round(warmup * steps)), decay_steps=steps,
                     decay_lr=lr / 10)
+  c.vl_cotrain_weight = vl_cotrain_weight
   c.optimizer.update(dict(weight_decay=1e-4, decay_all=False))
   c.frozen_dtype = ""
   c.train_augment = False
@@ -67,25 +72,51 @@ def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed
   return c
 
 
-class ArrayData:
-  """Random batches (with replacement, seeded) from in-memory arrays; get_state/set_state like train.py's data."""
+class EpisodeData:
+  """Random (seeded) frames of expert episodes -> openpi-layout batches; resumable (get_state/set_state).
 
-  def __init__(self, arrays: dict, batch_size: int, seed: int):
-    self.arrays, self.batch_size, self.seed, self.count = arrays, batch_size, seed, 0
-    self.n = len(arrays["state"])
+  scenes: State [E * T] (frame f = episode f // T, step f % T), state [E * T, S], actions [E * T, AH, A],
+  tokens/mask [E, L] (episode prompts); images [E * T, H, W, 3] or None to render the frames on the fly."""
+
+  def __init__(self, frames: dict, batch_size: int, seed: int, vl=None):
+    self.frames, self.batch_size, self.seed, self.count, self.vl = frames, batch_size, seed, 0, vl
+    self.n, self.t = len(frames["state"]), frames["steps_per_episode"]
 
   def __next__(self):
     rng = np.random.default_rng([self.seed, self.count])
     self.count += 1
     idx = rng.integers(self.n, size=self.batch_size)
-    return make_batch(self.arrays["image"][idx], self.arrays["state"][idx], self.arrays["tokens"][idx],
-                      self.arrays["mask"][idx], self.arrays["actions"][idx])
+    f = self.frames
+    image = f["images"][idx] if f.get("images") is not None else T.render(f["scenes"].index(idx), IMAGE_SIZE)
+    batch = make_batch(image, f["state"][idx], f["tokens"][idx // self.t], f["mask"][idx // self.t],
+                       f["actions"][idx])
+    if self.vl is not None:
+      batch["vl"] = self.vl.batch(rng)
+    return batch
 
   def get_state(self):
     return {"count": self.count}
 
   def set_state(self, state):
     self.count = int(state["count"])
+
+
+class Concat:
+  """Iterators one after another: `parts` = ((iterator, num_batches), ...) (the last runs on past its count)."""
+
+  def __init__(self, parts):
+    self.parts, self.count = parts, 0
+
+  def __next__(self):
+    lo = 0
+    for it, n in self.parts:
+      if self.count < lo + n or it is self.parts[-1][0]:
+        self.count += 1
+        return next(it)
+      lo += n
+
+  def get_state(self):
+    return {"count": self.count}
 
 
 def make_batch(image, state, tokens, mask, actions=None) -> dict:
@@ -99,7 +130,7 @@ def make_batch(image, state, tokens, mask, actions=None) -> dict:
   return batch
 
 
-def train_vla(config, data, *, init_params: dict | None = None, log=print) -> tuple[dict, dict]:
+def train_vla(config, data, *, init_params: dict | None = None, log=print, log_every: int = 500) -> tuple[dict, dict]:
   """Trains `config.num_train_steps` steps on `data`. init_params: Stage 1 params (-> Stage 2 init via the model's
   stage2_partial_params); otherwise `train.load_initial_params` (the PaliGemma npz loader). -> (params, info)."""
   model_config, setup, step_fn, init_fn = _compiled(config)
@@ -117,11 +148,14 @@ def train_vla(config, data, *, init_params: dict | None = None, log=print) -> tu
   for i in range(config.num_train_steps):
     batch = jax.tree.map(jnp.asarray, {k: v for k, v in next(data).items() if k in train.MODEL_KEYS})
     state, metrics = step_fn(train_rng, state, batch)
-    if i % 50 == 0 or i in (1, 2) or i + 1 == config.num_train_steps:
+    if i % log_every == 0 or i + 1 == config.num_train_steps:
       m = jax.device_get(metrics)
+      if not np.isfinite(m["loss"]):
+        raise FloatingPointError(f"[{config.name}] non-finite loss {float(m['loss'])} at step {i}")
       losses.append((i, float(m["loss"])))
       gates = {k: float(v) for k, v in m.items() if k.startswith("gate/")}
       log(f"    [{config.name}] step {i + 1}/{config.num_train_steps} loss {float(m['loss']):.4f}"
+          + (f" (action {float(m['action_loss']):.4f}, vl {float(m['vl_loss']):.3f})" if "vl_loss" in m else "")
           + (f" gate {np.mean(list(gates.values())):.3f}" if gates else "") + f" ({time.time() - t0:.0f}s)")
   params = jax.device_get(_optimizer.combine(state.params, state.frozen))
   return params, {"losses": losses, "seconds": time.time() - t0, "model_config": model_config}
@@ -148,7 +182,7 @@ def _compiled(config):
   return _COMPILED[key]
 
 
-def make_policy(model_config, params, *, flow_steps: int = 5):
+def make_policy(model_config, params, *, flow_steps: int = 10):
   """-> fn(rng, batch) -> actions [B, AH, 3] (jitted once per model config, params as an argument)."""
   key = (repr(model_config), flow_steps)
   if key not in _POLICIES:
