@@ -205,6 +205,26 @@ class DroidAdapter(EnvAdapter):
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class TabletopAdapter(EnvAdapter):
+  """The CPU testbed's 2-D tabletop (apt_jax/envs): one top-down camera, state = gripper x, y, closure."""
+
+  name: str = "tabletop"
+  state_dim: int = 3
+  action_dim: int = 3
+
+  def inputs(self, obs):
+    obs = _check_mapping(obs)
+    image = parse_image(get_field(obs, "observation/image"), "observation/image")
+    state = parse_vector(get_field(obs, "observation/state"), "observation/state", self.state_dim)
+    return {"image": {IMAGE_KEYS[0]: image}, "image_mask": {IMAGE_KEYS[0]: True}, "state": state,
+            "prompt": parse_prompt(obs)}
+
+  def example(self, rng, *, image_shape=(80, 80, 3), prompt="put the red block in the bowl"):
+    return {"observation/image": rng.integers(0, 256, size=image_shape, dtype=np.uint8),
+            "observation/state": rng.random(self.state_dim).astype(np.float32), "prompt": prompt}
+
+
 # --- ALOHA ---------------------------------------------------------------------------------------------------------
 # openpi's `adapt_to_pi` converts between the ALOHA runtime's joint/gripper conventions and the ones π0 was pretrained
 # on: some joints are mirrored, and the grippers (dims 6 and 13) go from ALOHA's normalized linear position to π0's
@@ -274,7 +294,8 @@ class AlohaAdapter(EnvAdapter):
     }
 
 
-ENVS: dict[str, EnvAdapter] = {a.name: a for a in (LiberoAdapter(), DroidAdapter(), AlohaAdapter())}
+ENVS: dict[str, EnvAdapter] = {a.name: a for a in (LiberoAdapter(), DroidAdapter(), AlohaAdapter(),
+                                                   TabletopAdapter())}
 
 
 def get_env(name: str, **overrides) -> EnvAdapter:

@@ -1,0 +1,59 @@
+"""The probe gate: the ridge probes locate a target from features that encode it and fail on features that do
+not; a VLM failing the gate stops the comparison before any VLA run, with a message naming seed, probe, numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from apt_jax.testbed import experiment
+from apt_jax.testbed import probes
+
+
+def _features(rng, cells, informative: bool, b=300, n=25, f=16):
+  img = rng.normal(size=(b, n, f))
+  if informative:   # a "target" direction on the target's token
+    for t, c in enumerate(cells.values()):
+      img[np.arange(b), c, t] += 5.0
+  return img, rng.normal(size=(b, f))
+
+
+def test_probes_locate_what_the_features_encode_and_nothing_else():
+  rng = np.random.default_rng(0)
+  cells = {"object": rng.integers(25, size=300), "container": rng.integers(25, size=300)}
+  p = probes.LinearProbes(*_features(rng, cells, True), cells)
+  test_cells = {"object": rng.integers(25, size=300), "container": rng.integers(25, size=300)}
+  acc = p.accuracy(*_features(rng, test_cells, True), test_cells)
+  assert acc["image_tokens"]["object"] > 0.95 and acc["image_tokens"]["container"] > 0.95
+  assert acc["prompt"]["object"] < 0.15                    # the prompt features carry nothing here: chance 1/25
+  acc = p.accuracy(*_features(rng, test_cells, False), test_cells)
+  assert acc["image_tokens"]["object"] < 0.15
+
+
+def _report(obj, cont):
+  return {"seen": {"image_tokens": {"object": obj, "container": cont}, "prompt": {"object": 0, "container": 0}}}
+
+
+def test_gate_names_seed_probe_and_numbers():
+  gate = dict(probe="image_tokens", object=0.75, container=0.75)
+  probes.check_gate(_report(0.8, 0.9), gate, vlm_seed=3)
+  with pytest.raises(probes.VlmGateError, match=r"VLM seed 3 FAILS .*image_tokens.*object 0\.23 < 0\.75") as e:
+    probes.check_gate(_report(0.23, 0.9), gate, vlm_seed=3)
+  assert "container" not in str(e.value).split("FAILS")[1].split(".")[0]
+
+
+def test_failing_vlm_stops_the_run_before_any_vla_training(tmp_path, monkeypatch):
+  cfg = experiment.base_config()
+  cfg.seeds = (0,)
+  trained = []
+  monkeypatch.setattr(experiment, "SeedRun", lambda *a: trained.append(a) or pytest.fail("VLA run started"))
+  # A finished VLM whose probes miss the gate (as on the machine of issue 16: refer 0.23).
+  out = tmp_path / "vlm" / "s0"
+  out.mkdir(parents=True)
+  monkeypatch.setattr(experiment.corpus, "generate", lambda *a, **k: (None, [(0, "q", "a")], np.zeros(1, int)))
+  monkeypatch.setattr(experiment._tokenizer, "PaligemmaTokenizer", lambda *a, **k: type("Tok", (), {"vocab_size": 256})())
+  (out / "tokenizer.model").write_text("")
+  (out / "vlm.json").write_text(json.dumps(dict(eval_accuracy={"refer": 0.23}, probe=_report(0.23, 0.85))))
+  with pytest.raises(probes.VlmGateError, match="VLM seed 0 FAILS"):
+    experiment.run(cfg, tmp_path)
+  assert not trained and not (tmp_path / "results.jsonl").exists()
