@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
       recipes=tuple(r for r in RECIPES if r != "abl_causal_mask"),
       data=dict(episodes=600, episode_len=16, expert_noise=0.3, clean_labels=True, pool_factor=5),
       tokenizer=dict(vocab_size=256),
-      vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=2e-3, warmup=0.1,
+      vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=3e-3, warmup=0.1,
                end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, prefix_len=20, suffix_len=12,
                curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
                gate=dict(probe="image_tokens", object=0.75, container=0.75)),

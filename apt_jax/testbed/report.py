@@ -113,10 +113,12 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
   workdir = pathlib.Path(workdir)
   f = cfg.eval.flow_steps
   recipes = [r for r in cfg.recipes if any(row["recipe"] == r for row in rows)]
-  md = [f"# Testbed v2 results\n\nCommand: `{command}`. Seeds {list(cfg.seeds)}; {f} flow steps. Cells: mean success "
+  arms = [a for a in L.ARMS if any(row["arm"] == a for row in rows)]   # every arm run in this workdir
+  seeds = sorted({row["seed"] for row in rows})
+  md = [f"# Testbed v2 results\n\nCommand: `{command}`. Seeds {seeds}; {f} flow steps. Cells: mean success "
         "over seeds [95% t-interval over seeds]; with one seed, k/n episodes (Wilson intervals in results.json).\n"]
-  summary = dict(command=command, seeds=list(cfg.seeds), arms=list(cfg.arms), timings=timings, tables={})
-  for arm in cfg.arms:
+  summary = dict(command=command, seeds=seeds, arms=arms, timings=timings, tables={})
+  for arm in arms:
     text, cells = table(rows, arm, recipes, labels, f)
     gtext, gcells = table(rows, arm, recipes, labels, f, key="grasp")
     summary["tables"][arm] = dict(success=cells, grasp=gcells)
@@ -124,15 +126,15 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
     md += [f"## {arm} arm: success\n", text, f"\n### {arm} arm: named object grasped\n", gtext, ""]
   endpoint = cfg.stats.to_dict()
   contrasts = []
-  if endpoint["arm"] in cfg.arms and all(r in recipes for r in (endpoint["baseline"], *endpoint["recipes"])):
+  if endpoint["arm"] in arms and all(r in recipes for r in (endpoint["baseline"], *endpoint["recipes"])):
     primary = stats.primary_endpoint(rows, endpoint, flow_steps=f)
     summary["primary"] = primary
     contrasts += primary["contrasts"]
     md += ["## Primary endpoint (pre-registered)\n", contrasts_markdown(primary["contrasts"]),
            f"\nReading (docs/testbed_v2_protocol.md §6): **{primary['verdict']}**"
-           + (" (one seed: no interval; the demo cannot decide)" if len(cfg.seeds) < 2 else ""), ""]
+           + (" (one seed: no interval; the demo cannot decide)" if len(seeds) < 2 else ""), ""]
   secondary = []
-  for arm in cfg.arms:
+  for arm in arms:
     pairs = [(r, endpoint["baseline"]) for r in endpoint["recipes"]] if arm != endpoint["arm"] else []
     for a, b in pairs + list(SECONDARY):
       if a in recipes and b in recipes:
@@ -145,7 +147,7 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
   sweep = sorted({r["flow_steps"] for r in rows})
   if len(sweep) > 1:
     lines = ["| arm | recipe | " + " | ".join(f"{s} steps" for s in sweep) + " |", "|---|---|" + "---|" * len(sweep)]
-    for arm in cfg.arms:
+    for arm in arms:
       for r in recipes:
         vals = [np.mean([x["success"] for x in rows if (x["arm"], x["recipe"], x["flow_steps"]) == (arm, r, s)]
                         or [np.nan]) for s in sweep]
@@ -154,7 +156,7 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
   if contrasts:
     plot_contrasts(contrasts, workdir / "contrasts.png")
   vlm = {}
-  for seed in cfg.seeds:
+  for seed in seeds:
     p = workdir / "vlm" / f"s{seed}" / "vlm.json"
     if p.exists():
       info = json.loads(p.read_text())
