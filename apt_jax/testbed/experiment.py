@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=2500, batch_size=48, lr=3e-3, warmup=0.1,
                end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, prefix_len=20, suffix_len=12,
                curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
-               gate=dict(probe="image_tokens", object=0.75, container=0.75)),
+               gate=dict(probe="image_tokens", object=0.75, container=0.75), attempts=3),
       vla=dict(steps=6000, batch_size=16, lr=2e-3, warmup=0.05, vl_cotrain_weight=1.0),
       eval=dict(episodes_per_split=40, max_steps=20, replan=4, flow_steps=10, sweep_flow_steps=(5, 20)),
       stats=dict(arm="shortcut", baseline="pi0_joint", recipes=("ki_2stage", "apt_vlm_ft"),
@@ -165,8 +165,10 @@ def model_kw(cfg, vocab: int, *, apt_stage="none", recipe: Recipe = Recipe("")) 
 
 
 def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
-  """Corpus + tokenizer + VLM for one seed (skipped when done), then the probe gate. -> dict of paths and results.
-  Raises probes.VlmGateError when the VLM misses the gate."""
+  """Corpus + tokenizer (from `seed`), then VLM attempts until one passes the probe gate: attempt a uses init and
+  batch-order seed `seed + 1000 * a` on the same corpus, at most `vlm.attempts` (a tiny VLM's object grounding emerges
+  on some inits and not others: docs/testbed_v2_protocol.md, Deviations). Finished attempts are reused on a rerun.
+  -> dict of paths and results. Raises probes.VlmGateError, naming every attempt, when none passes."""
   out = workdir / "vlm" / f"s{seed}"
   out.mkdir(parents=True, exist_ok=True)
   v = cfg.vlm
@@ -177,28 +179,43 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
                                    str(out / "tokenizer"), vocab_size=cfg.tokenizer.vocab_size)
   tokenizer = _tokenizer.PaligemmaTokenizer(str(tok_path), max_len=cfg.size.max_token_len)
   vocab = max(cfg.tokenizer.vocab_size, tokenizer.vocab_size)
-  info_path, npz = out / "vlm.json", out / "vlm_paligemma.npz"
   mc = registry.create_config(cfg.head, **model_kw(cfg, vocab, apt_stage="stage2", recipe=RECIPES["apt_frozen"]))
-  if info_path.exists():
-    info = json.loads(info_path.read_text())
-    log(f"VLM seed {seed}: reusing {npz}")
-  else:
-    log(f"VLM seed {seed}: {len(vlm_corpus[1])} QA on {v.scenes} scenes, {v.steps} steps x batch {v.batch_size}")
-    res = vlm_pretrain.pretrain(mc, tokenizer, vlm_corpus, corpus.generate(v.eval_scenes, 4, seed=seed + 50_000),
-                                v.to_dict(), seed=seed, log=log)
-    vlm_pretrain.save(npz, res.params)
-    t = time.time()
-    probe = probes.report(res.params, mc, tokenizer, train_scenes=v.probe_train_scenes,
-                          eval_scenes=v.probe_eval_scenes, seed=seed)
-    info = dict(seed=seed, eval_accuracy=res.eval_accuracy, losses=res.losses, train_s=round(res.train_seconds, 1),
-                probe=probe, probe_s=round(time.time() - t, 1))
-    info_path.write_text(json.dumps(info, indent=1))
-  log(f"VLM seed {seed}: held-out exact match " + ", ".join(f"{k} {x:.2f}" for k, x in info["eval_accuracy"].items()))
-  log(f"VLM seed {seed}: probe accuracy (object / container) per split:\n" + report.probe_table(info["probe"]))
-  probes.check_gate(info["probe"], v.gate.to_dict(), vlm_seed=seed)
-  log(f"VLM seed {seed}: PASSES the gate ({v.gate.probe} probe, seen split >= {v.gate.object} / {v.gate.container})")
-  return dict(npz=str(npz), tokenizer=tokenizer, tokenizer_path=str(tok_path), vocab=vocab, corpus=vlm_corpus,
-              info=info)
+  failures = []
+  for attempt in range(v.attempts):
+    init_seed = seed + 1000 * attempt
+    info_path, npz = out / f"vlm_attempt{attempt}.json", out / f"vlm_attempt{attempt}.npz"
+    name = f"VLM seed {seed} attempt {attempt} (init seed {init_seed})"
+    if info_path.exists():
+      info = json.loads(info_path.read_text())
+      log(f"{name}: reusing {npz}")
+    else:
+      log(f"{name}: {len(vlm_corpus[1])} QA on {v.scenes} scenes, {v.steps} steps x batch {v.batch_size}")
+      res = vlm_pretrain.pretrain(mc, tokenizer, vlm_corpus, corpus.generate(v.eval_scenes, 4, seed=seed + 50_000),
+                                  v.to_dict(), seed=init_seed, log=log)
+      vlm_pretrain.save(npz, res.params)
+      t = time.time()
+      probe = probes.report(res.params, mc, tokenizer, train_scenes=v.probe_train_scenes,
+                            eval_scenes=v.probe_eval_scenes, seed=seed)
+      info = dict(seed=seed, attempt=attempt, init_seed=init_seed, eval_accuracy=res.eval_accuracy,
+                  losses=res.losses, train_s=round(res.train_seconds, 1), probe=probe, probe_s=round(time.time() - t, 1))
+      info_path.write_text(json.dumps(info, indent=1))
+    log(f"{name}: held-out exact match " + ", ".join(f"{k} {x:.2f}" for k, x in info["eval_accuracy"].items()))
+    log(f"{name}: probe accuracy (object / container) per split:\n" + report.probe_table(info["probe"]))
+    try:
+      probes.check_gate(info["probe"], v.gate.to_dict(), vlm_seed=f"{seed} attempt {attempt}")
+    except probes.VlmGateError as e:
+      failures.append(str(e).split(". The VLM")[0])
+      log(f"{name}: {failures[-1]}")
+      continue
+    log(f"{name}: PASSES the gate ({v.gate.probe} probe, seen split >= {v.gate.object} / {v.gate.container})")
+    (out / "vlm.json").write_text(json.dumps(dict(info, failed_attempts=failures), indent=1))
+    return dict(npz=str(npz), tokenizer=tokenizer, tokenizer_path=str(tok_path), vocab=vocab, corpus=vlm_corpus,
+                info=info)
+  raise probes.VlmGateError(
+      f"VLM seed {seed}: none of {v.attempts} attempts passes the probe gate ({'; '.join(failures)}). The VLM cannot "
+      "locate what the instruction names, so a recipe comparison on it would be meaningless: stopping before any VLA "
+      "run. Check the VLM loss curves in the log, then retune the VLM recipe on the tuning seeds "
+      "(docs/testbed_v2_protocol.md).")
 
 
 # --- VLA recipes --------------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def report(vlm_params, model_config, tokenizer, *, train_scenes: int, eval_scene
           for split in L.SPLITS for e in [L.eval_episodes("balanced", split, eval_scenes, seed + 7_000, train)]}
 
 
-def check_gate(probe_report: dict, gate: dict, *, vlm_seed: int) -> None:
+def check_gate(probe_report: dict, gate: dict, *, vlm_seed) -> None:
   """Raises VlmGateError, naming the seed, the probe and the numbers, when a gated accuracy on the seen split is
   below its threshold. gate: {"probe": kind, "object": threshold, "container": threshold}."""
   seen = probe_report["seen"][gate["probe"]]

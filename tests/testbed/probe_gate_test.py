@@ -42,18 +42,37 @@ def test_gate_names_seed_probe_and_numbers():
   assert "container" not in str(e.value).split("FAILS")[1].split(".")[0]
 
 
-def test_failing_vlm_stops_the_run_before_any_vla_training(tmp_path, monkeypatch):
+def _finished_attempts(tmp_path, accuracies):
+  """Finished VLM attempts of seed 0 on disk, as a rerun finds them."""
+  out = tmp_path / "vlm" / "s0"
+  out.mkdir(parents=True)
+  (out / "tokenizer.model").write_text("")
+  for a, acc in enumerate(accuracies):
+    (out / f"vlm_attempt{a}.json").write_text(json.dumps(dict(eval_accuracy={"refer": acc}, probe=_report(acc, 0.85))))
+
+
+@pytest.fixture
+def no_corpus(monkeypatch):
+  monkeypatch.setattr(experiment.corpus, "generate", lambda *a, **k: (None, [(0, "q", "a")], np.zeros(1, int)))
+  monkeypatch.setattr(experiment._tokenizer, "PaligemmaTokenizer",
+                      lambda *a, **k: type("Tok", (), {"vocab_size": 256})())
+
+
+def test_failing_vlm_stops_the_run_before_any_vla_training(tmp_path, monkeypatch, no_corpus):
   cfg = experiment.base_config()
   cfg.seeds = (0,)
   trained = []
   monkeypatch.setattr(experiment, "SeedRun", lambda *a: trained.append(a) or pytest.fail("VLA run started"))
-  # A finished VLM whose probes miss the gate (as on the machine of issue 16: refer 0.23).
-  out = tmp_path / "vlm" / "s0"
-  out.mkdir(parents=True)
-  monkeypatch.setattr(experiment.corpus, "generate", lambda *a, **k: (None, [(0, "q", "a")], np.zeros(1, int)))
-  monkeypatch.setattr(experiment._tokenizer, "PaligemmaTokenizer", lambda *a, **k: type("Tok", (), {"vocab_size": 256})())
-  (out / "tokenizer.model").write_text("")
-  (out / "vlm.json").write_text(json.dumps(dict(eval_accuracy={"refer": 0.23}, probe=_report(0.23, 0.85))))
-  with pytest.raises(probes.VlmGateError, match="VLM seed 0 FAILS"):
+  # Every attempt's probes miss the gate (as on the machine of issue 16: refer 0.23).
+  _finished_attempts(tmp_path, [0.23, 0.5, 0.6])
+  with pytest.raises(probes.VlmGateError, match=r"VLM seed 0: none of 3 attempts .*object 0\.23 < 0\.75.*object 0\.60"):
     experiment.run(cfg, tmp_path)
   assert not trained and not (tmp_path / "results.jsonl").exists()
+
+
+def test_the_first_passing_attempt_is_used(tmp_path, no_corpus):
+  _finished_attempts(tmp_path, [0.5, 0.8, 0.9])
+  vlm = experiment.pretrain_vlm(experiment.base_config(), 0, tmp_path, log=lambda m: None)
+  assert vlm["npz"].endswith("vlm_attempt1.npz") and vlm["info"]["eval_accuracy"] == {"refer": 0.8}
+  saved = json.loads((tmp_path / "vlm" / "s0" / "vlm.json").read_text())
+  assert len(saved["failed_attempts"]) == 1 and "object 0.50 < 0.75" in saved["failed_attempts"][0]
