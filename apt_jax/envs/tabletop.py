@@ -234,7 +234,8 @@ def render(state: State, size: int = IMAGE_SIZE) -> np.ndarray:
       paint((state.obj_kind[:, n] == k)[:, None, None] & (square if shape == "block" else disc), RGB[colour])
   gx, gy = state.gripper[:, 0, None, None], state.gripper[:, 1, None, None]
   arm = 0.06
-  cross = (((np.abs(xs - gx) < 0.012) & (np.abs(ys - gy) < arm)) | ((np.abs(ys - gy) < 0.012) & (np.abs(xs - gx) < arm)))
+  cross = (((np.abs(xs - gx) < 0.012) & (np.abs(ys - gy) < arm))
+           | ((np.abs(ys - gy) < 0.012) & (np.abs(xs - gx) < arm)))
   closed = state.closed[:, None, None]
   paint(cross & closed, (0, 0, 0))
   paint(cross & ~closed, (255, 255, 255))

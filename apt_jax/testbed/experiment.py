@@ -132,7 +132,8 @@ def pool_episodes(num_episodes: int, seed: int) -> L.Episodes:
     scenes.append(T.sample_scene(rng, pair, layout=T.LAYOUTS[i % 2], kinds=range(len(T.OBJECTS)),
                                  containers=range(len(T.CONTAINERS))))
   state = T.State.concat(scenes)
-  return L.Episodes(state, [tuple(p) for p in T.target_pair(state)], [""] * num_episodes, -np.ones(num_episodes))
+  pairs = [tuple(p) for p in T.target_pair(state)]
+  return L.Episodes(state, pairs, [""] * num_episodes, -np.ones(num_episodes, int))
 
 
 class VlBatches:
@@ -197,7 +198,8 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
       probe = probes.report(res.params, mc, tokenizer, train_scenes=v.probe_train_scenes,
                             eval_scenes=v.probe_eval_scenes, seed=seed)
       info = dict(seed=seed, attempt=attempt, init_seed=init_seed, eval_accuracy=res.eval_accuracy,
-                  losses=res.losses, train_s=round(res.train_seconds, 1), probe=probe, probe_s=round(time.time() - t, 1))
+                  losses=res.losses, train_s=round(res.train_seconds, 1), probe=probe,
+                  probe_s=round(time.time() - t, 1))
       info_path.write_text(json.dumps(info, indent=1))
     log(f"{name}: held-out exact match " + ", ".join(f"{k} {x:.2f}" for k, x in info["eval_accuracy"].items()))
     log(f"{name}: probe accuracy (object / container) per split:\n" + report.probe_table(info["probe"]))

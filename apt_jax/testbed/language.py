@@ -22,7 +22,8 @@ SYNONYMS = {
     "bowl": ("dish",), "box": ("crate", "bin"), "plate": ("tray",), "basket": ("hamper",),
 }
 TRAIN_TEMPLATE = "put the {colour} {shape} in the {container}"
-PARAPHRASE_TEMPLATES = ("place the {colour} {shape} into the {container}", "drop the {colour} {shape} into the {container}",
+PARAPHRASE_TEMPLATES = ("place the {colour} {shape} into the {container}",
+                        "drop the {colour} {shape} into the {container}",
                         "move the {colour} {shape} onto the {container}")
 PARAPHRASE_WORDS = frozenset(w for v in SYNONYMS.values() for w in v) | {"place", "into", "drop", "onto", "move"}
 SEEN_KINDS = tuple(k for k, (colour, _) in enumerate(T.OBJECTS) if colour != "purple")

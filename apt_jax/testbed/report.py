@@ -162,8 +162,9 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
       info = json.loads(p.read_text())
       vlm[seed] = dict(eval_accuracy=info["eval_accuracy"], probe=info["probe"], attempt=info.get("attempt", 0),
                        failed_attempts=info.get("failed_attempts", []))
-      md += [f"## VLM seed {seed} (attempt {vlm[seed]['attempt']}; failed before: {vlm[seed]['failed_attempts'] or 'none'})"
-             ": probe accuracy per split (object / container)\n", probe_table(info["probe"]), ""]
+      failed = vlm[seed]["failed_attempts"] or "none"
+      md += [f"## VLM seed {seed} (attempt {vlm[seed]['attempt']}; failed before: {failed}): probe accuracy per "
+             "split (object / container)\n", probe_table(info["probe"]), ""]
   summary["vlm"] = vlm
   md += [f"Timings (s): {json.dumps(timings)}"]
   summary["markdown"] = "\n".join(md)

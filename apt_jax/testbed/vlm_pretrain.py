@@ -173,7 +173,8 @@ def evaluate(module, params, tokenizer, data, prefix_len, suffix_len, batch_size
   for lo in range(0, len(qa), batch_size):
     idx = np.arange(lo, min(len(qa), lo + batch_size))
     idx = np.concatenate([idx, np.repeat(idx[:1], batch_size - len(idx))])
-    exact.append(np.asarray(fn(params, (images[scene[idx]],) + tuple(a[idx] for a in arrays)))[: min(batch_size, len(qa) - lo)])
+    out = np.asarray(fn(params, (images[scene[idx]],) + tuple(a[idx] for a in arrays)))
+    exact.append(out[: min(batch_size, len(qa) - lo)])
   exact = np.concatenate(exact)
   task = np.asarray(task)
   acc = {name: float(exact[task == t].mean()) for t, name in enumerate(corpus.TASK_NAMES) if (task == t).any()}

@@ -20,8 +20,8 @@ def run(tmp_path_factory):
   cfg.data.update(episodes=20, episode_len=8)
   cfg.vla.steps = 7
   vlm_corpus = corpus.generate(40, 4, seed=0)
-  tok_path = _tokenizer.train_sentencepiece(corpus.all_sentences(vlm_corpus[1]) + [L.instruction(p) for p in L.ALL_PAIRS],
-                                            str(tmp / "tok"), vocab_size=256)
+  sentences = corpus.all_sentences(vlm_corpus[1]) + [L.instruction(p) for p in L.ALL_PAIRS]
+  tok_path = _tokenizer.train_sentencepiece(sentences, str(tmp / "tok"), vocab_size=256)
   tok = _tokenizer.PaligemmaTokenizer(tok_path, max_len=cfg.size.max_token_len)
   calls = []
 

@@ -45,7 +45,8 @@ def test_evaluates_saved_policies_per_template(tmp_path):
     E.save_policy(tmp_path / "shortcut" / recipe / "s1" / "checkpoints" / "7", mc, mc.create(jax.random.key(0)).params,
                   tok)
   found = ev.saved_policies(tmp_path)
-  assert [(a, r, s, p.name) for a, r, s, p in found] == [("shortcut", "ki_2stage", 1, "7"), ("shortcut", "pi0_joint", 1, "7")]
+  assert [(a, r, s, p.name) for a, r, s, p in found] == [("shortcut", "ki_2stage", 1, "7"),
+                                                          ("shortcut", "pi0_joint", 1, "7")]
   f = tmp_path / "mine.txt"
   f.write_text("put the {object} in the {container}\ngrab the {object}, then the {container}\n")
   result = ev.evaluate(tmp_path, ev.read_templates(f), split="unseen_object", recipes=["pi0_joint"], log=lambda m: None)

@@ -123,7 +123,8 @@ def test_position_swap_relocates_the_target_object_and_container(arm):
     b = ev.state.target_obj[i], ev.state.target_cont[i]
     # Some training episode has this scene's kinds, gripper and task, with the target object and container on
     # other cells (the same cells, permuted).
-    assert any((tr.state.gripper[j] == ev.state.gripper[i]).all() and (tr.state.obj_kind[j] == ev.state.obj_kind[i]).all()
+    assert any((tr.state.gripper[j] == ev.state.gripper[i]).all()
+               and (tr.state.obj_kind[j] == ev.state.obj_kind[i]).all()
                and (tr.state.cont_kind[j] == ev.state.cont_kind[i]).all() and tr.pairs[j] == ev.pairs[i]
                and not np.allclose(ev.state.obj_pos[i, b[0]], tr.state.obj_pos[j, b[0]])
                and not np.allclose(ev.state.cont_pos[i, b[1]], tr.state.cont_pos[j, b[1]])
