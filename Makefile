@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv test test-all demo bench clean
+.PHONY: venv test test-all lint demo bench clean
 
 venv: $(STAMP)
 
@@ -26,8 +26,14 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -q tests
 
+lint: venv
+	$(BIN)/ruff check .
+
+# --resume: a fresh clone runs the whole demo; a second `make demo` reuses what the first finished (all of it, or up
+# to where it was interrupted) instead of deleting ~10 min of results. Start over with `make demo DEMO_FLAGS=--overwrite`.
+DEMO_FLAGS ?= --resume
 demo: venv
-	$(BIN)/python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --overwrite
+	$(BIN)/python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo $(DEMO_FLAGS)
 
 bench: venv
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -1,7 +1,13 @@
-"""openpi-format params: Orbax PyTree items whose key paths end in `value` (nnx.State layout).
+"""Checkpoints in openpi's layout: the training `CheckpointManager` and the params I/O that serving and export use.
 
-`restore_params` reads openpi checkpoints (e.g. pi0_base/params) and ours; `save_params` writes the same layout, so
-checkpoints move both ways. The full training CheckpointManager (params / train_state / assets) builds on these.
+    <step>/params/                            openpi params item: Orbax PyTree, key paths end in `value` (EMA if on)
+    <step>/train_state/                       step, optimizer state, and with EMA the raw params (training only)
+    <step>/data_state/                        the data iterator's JSON state, so a resumed run continues the stream
+    <step>/assets/<asset_id>/norm_stats.json  openpi norm stats
+    <step>/assets/model_config.json           {"head": ..., "config": {...}}: the checkpoint rebuilds its model alone
+    <step>/assets/policy_config.json          inference settings (apt_jax.policy_config), with tokenizer.model
+`restore_params` reads openpi checkpoints (no model_config.json: pass a config) and ours; `save_params` writes the
+same layout, so checkpoints move both ways. The rng is not saved: it is derived from the config's seed and the step.
 """
 
 from __future__ import annotations
@@ -9,13 +15,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from apt_jax import optimizer as _optimizer
+from apt_jax import policy_config as _policy_config
 from apt_jax import tree as tree_lib
+from apt_jax.data import normalize
+from apt_jax.models import registry
 
 
 def add_value(tree):
@@ -77,38 +88,25 @@ def cast_floating(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-# --- Checkpoint step layout (openpi's, plus our model config) -------------------------------------------------------
-#   <step>/params/                          openpi params item (restore_params / save_params)
-#   <step>/train_state/                     optimizer state, step, rng, data iterator state (training only)
-#   <step>/assets/<asset_id>/norm_stats.json  openpi norm stats
-#   <step>/assets/model_config.json         {"head": ..., "config": {...}} so a checkpoint rebuilds its model alone;
-#                                           openpi ignores it. Absent in openpi checkpoints: pass a config instead.
 MODEL_CONFIG_FILE = "model_config.json"
 
 
 def write_assets(assets_dir: str | os.PathLike, *, model_config=None, norm_stats: dict | None = None,
                  asset_id: str | None = None, policy_config=None) -> None:
   """Writes the assets of a checkpoint step: model config JSON, norm stats under `<asset_id>/`, and the inference
-  settings (`policy_config.json`, apt_jax.policy.PolicyConfig) with the tokenizer copied in as `tokenizer.model`,
-  so that `python -m apt_jax.serve --checkpoint <step>` needs nothing else."""
-  from apt_jax.data import normalize
-  from apt_jax.models import registry
-
+  settings (`policy_config.json`) with the tokenizer copied in as `tokenizer.model`, so that
+  `python -m apt_jax.serve --checkpoint <step>` needs nothing else."""
   assets_dir = pathlib.Path(assets_dir)
   assets_dir.mkdir(parents=True, exist_ok=True)
   if model_config is not None:
     registry.save_config(assets_dir / MODEL_CONFIG_FILE, model_config)
   if policy_config is not None:
-    import shutil
-
-    from apt_jax import policy as _policy
-
     if policy_config.tokenizer_path:
       if not os.path.exists(policy_config.tokenizer_path):
         raise FileNotFoundError(f"tokenizer_path {policy_config.tokenizer_path} not found (config.tokenizer_path)")
-      shutil.copyfile(policy_config.tokenizer_path, assets_dir / _policy.TOKENIZER_FILE)
-      policy_config = dataclasses.replace(policy_config, tokenizer_path=_policy.TOKENIZER_FILE)
-    _policy.write_policy_config(assets_dir, policy_config)
+      shutil.copyfile(policy_config.tokenizer_path, assets_dir / _policy_config.TOKENIZER_FILE)
+      policy_config = dataclasses.replace(policy_config, tokenizer_path=_policy_config.TOKENIZER_FILE)
+    _policy_config.write_policy_config(assets_dir, policy_config)
   if norm_stats is not None:
     if not asset_id:
       raise ValueError("asset_id is required to write norm stats (e.g. 'physical-intelligence/libero')")
@@ -117,8 +115,6 @@ def write_assets(assets_dir: str | os.PathLike, *, model_config=None, norm_stats
 
 def load_model_config(step_dir: str | os.PathLike):
   """The model config stored in `<step>/assets/model_config.json`."""
-  from apt_jax.models import registry
-
   path = pathlib.Path(step_dir) / "assets" / MODEL_CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: not an apt_jax checkpoint (an openpi checkpoint needs an explicit "
@@ -144,7 +140,7 @@ def find_norm_stats(step_dir: str | os.PathLike, asset_id: str | None = None) ->
 class AssetsHandler(ocp.CheckpointHandler):
   """Writes a step's `assets/` (model config, norm stats) inside Orbax's commit, so it is as atomic as the rest."""
 
-  def save(self, directory, args: "AssetsSave"):
+  def save(self, directory, args: AssetsSave):
     if jax.process_index() == 0:
       write_assets(directory, model_config=args.model_config, norm_stats=args.norm_stats, asset_id=args.asset_id,
                    policy_config=args.policy_config)
@@ -166,3 +162,73 @@ class AssetsSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class AssetsRestore(ocp.args.CheckpointArgs):
   pass
+
+
+def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
+  """A workdir, its checkpoints dir, a step dir, or a params dir -> the params dir (latest step)."""
+  path = pathlib.Path(path)
+  if (path / "_METADATA").exists() or ((path / "_CHECKPOINT_METADATA").exists() and (path / "d").exists()):
+    return path
+  if (path / "params").is_dir():
+    return path / "params"
+  ckpt = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint found at {path} (expected a workdir, a step dir or a params dir)")
+  return ckpt / str(steps[-1]) / "params"
+
+
+class CheckpointManager:
+  """Orbax manager over the step layout above. `state` is apt_jax.train's TrainState (step, params, frozen,
+  opt_state, ema_params); `restore` rebuilds one from the abstract state it is given."""
+
+  def __init__(self, directory, *, max_to_keep: int | None = 1, keep_period: int | None = None,
+               async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    self.mngr = ocp.CheckpointManager(
+        self.directory,
+        item_handlers={"params": ocp.PyTreeCheckpointHandler(), "train_state": ocp.PyTreeCheckpointHandler(),
+                       "data_state": ocp.JsonCheckpointHandler(), "assets": AssetsHandler()},
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
+                                             enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    return self.mngr.latest_step()
+
+  def save(self, step: int, state, *, data_state=None, model_config=None, norm_stats=None, asset_id=None,
+           policy_config=None, force: bool = False):
+    params = _optimizer.combine(state.ema_params if state.ema_params is not None else state.params, state.frozen)
+    # openpi: with EMA, train_state keeps the raw params; without, params live only in the params item.
+    train_state = {"step": state.step, "opt_state": state.opt_state,
+                   "params": state.params if state.ema_params is not None else {}}
+    self.mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.PyTreeSave({"params": add_value(params)}),
+        train_state=ocp.args.PyTreeSave(train_state),
+        data_state=ocp.args.JsonSave(data_state or {}),
+        assets=AssetsSave(model_config=model_config, norm_stats=norm_stats, asset_id=asset_id,
+                          policy_config=policy_config)),
+        force=force)
+
+  def restore(self, step: int, abstract_state, shardings, freeze_filter) -> tuple[object, dict]:
+    """-> (state placed by `shardings`, data iterator state). `abstract_state`: a TrainState of ShapeDtypeStructs."""
+    abstract = abstract_state
+    with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    params_target = jax.tree.map(with_sharding, _optimizer.combine(abstract.params, abstract.frozen),
+                                 _optimizer.combine(shardings.params, shardings.frozen))
+    ema = abstract.ema_params is not None
+    ts_target = {"step": with_sharding(abstract.step, shardings.step),
+                 "opt_state": jax.tree.map(with_sharding, abstract.opt_state, shardings.opt_state),
+                 "params": jax.tree.map(with_sharding, abstract.params, shardings.params) if ema else {}}
+    args = lambda t: ocp.args.PyTreeRestore(item=t, restore_args=ocp.checkpoint_utils.construct_restore_args(t))
+    r = self.mngr.restore(step, args=ocp.args.Composite(
+        params=args({"params": add_value(params_target)}), train_state=args(ts_target),
+        data_state=ocp.args.JsonRestore()))
+    trainable, frozen = _optimizer.partition(strip_value(r.params["params"]), freeze_filter)
+    ts = r.train_state
+    state = abstract.replace(step=ts["step"], params=ts["params"] if ema else trainable, frozen=frozen,
+                             opt_state=ts["opt_state"], ema_params=trainable if ema else None)
+    return state, r.data_state
+
+  def close(self):
+    self.mngr.wait_until_finished()
+    self.mngr.close()

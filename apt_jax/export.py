@@ -3,24 +3,13 @@
     python -m apt_jax.export --checkpoint CKPT/STEP --out OUT_DIR --format openpi [--dtype stored|float32|bfloat16]
         [--config experiments/x.py[:arg]] [--model_config FILE | --head pi0] [--overwrite]
 
-Writes
-    OUT_DIR/params/                      one Orbax PyTree item {"params": ...}, every key ending in `value`
-                                         (openpi's `training/checkpoints.py` params item; `restore_params` reads it)
-    OUT_DIR/assets/...                   the source's assets, copied (norm stats under <asset_id>/, model_config.json,
-                                         policy_config.json / tokenizer.model if present; with --config, the
-                                         training run's inference settings go to policy_config.json)
-    OUT_DIR/assets/apt_jax_export.json   what was exported (head, apt_stage, openpi compatibility, extra params)
-
-The params tree is exactly the model's (checked against the model config before writing). For π0 with
-apt_stage "none" that is openpi's π0 tree, leaf for leaf (`openpi_pi0_compatible: true`), so openpi loads it with
-`train_config.model.load(restore_params(OUT_DIR / "params", dtype=jnp.bfloat16))` (or serves it with
-`scripts/serve_policy.py policy:checkpoint --policy.dir=OUT_DIR`, the norm stats being in assets/<asset_id>/).
-
-APT checkpoints carry extra, non-openpi params: Stage 2's gated cross-attention (`fusion_1`) in every action-expert
-layer. They are exported too and listed under `extra_params` in apt_jax_export.json. Be aware that openpi's
-`BaseModelConfig.load` drops params its model does not have (`remove_extra_params=True`) and always lets the action
-expert attend to the prompt, so openpi would run such a checkpoint as a different model: serve APT checkpoints
-(stage1: same tree as π0 but no language; stage2: extra params) with `python -m apt_jax.serve` instead.
+Writes OUT_DIR/params/ (openpi's params item, checked against the model config first), OUT_DIR/assets/ (the source's
+assets; with --config, the training run's inference settings in policy_config.json) and
+OUT_DIR/assets/apt_jax_export.json (head, apt_stage, openpi compatibility, extra params). For π0 with apt_stage
+"none" the tree is openpi's leaf for leaf (`openpi_pi0_compatible: true`): openpi loads it with
+`train_config.model.load(restore_params(OUT_DIR / "params", dtype=jnp.bfloat16))`. APT checkpoints are exported
+too, but openpi's `load` drops the extra params (Stage 2's `fusion_1`) and lets the expert attend to the prompt,
+i.e. runs a different model: serve them with `python -m apt_jax.serve`.
 """
 
 from __future__ import annotations
@@ -36,6 +25,9 @@ import jax
 import numpy as np
 
 from apt_jax import checkpoints
+from apt_jax import configs
+from apt_jax import policy as _policy
+from apt_jax import policy_config as _policy_config
 from apt_jax import tree as tree_lib
 from apt_jax.models import registry
 
@@ -65,8 +57,6 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
   With `experiment_config` (the training run's config) its inference settings are written to
   assets/policy_config.json, so `apt_jax.serve` needs no further flags for the export.
   """
-  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
-
   step_dir, out_dir = pathlib.Path(step_dir), pathlib.Path(out_dir)
   if out_dir.resolve() == step_dir.resolve():
     raise ValueError("--out must differ from --checkpoint")
@@ -89,7 +79,7 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
     ref_flat = tree_lib.flatten(ref)
     extra = sorted(flat.keys() - ref_flat.keys())
     missing = sorted(ref_flat.keys() - flat.keys())
-    compatible = not extra and not missing and getattr(config, "apt_stage", "none") == "none"
+    compatible = not extra and not missing and config.apt_stage == "none"
 
   out_dir.mkdir(parents=True, exist_ok=True)
   checkpoints.save_params(out_dir / "params", params)
@@ -101,9 +91,10 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
   if not (out_dir / "assets" / checkpoints.MODEL_CONFIG_FILE).exists():
     registry.save_config(out_dir / "assets" / checkpoints.MODEL_CONFIG_FILE, config)
   if experiment_config is not None:
-    _policy.write_policy_config(out_dir / "assets", _policy.policy_config_from_experiment(experiment_config))
+    _policy_config.write_policy_config(out_dir / "assets",
+                                       _policy_config.policy_config_from_experiment(experiment_config))
 
-  apt_stage = getattr(config, "apt_stage", "none")
+  apt_stage = config.apt_stage
   if compatible:
     note = "Plain openpi π0 params tree: loads with openpi's restore_params + Pi0Config.load."
   elif ref is None:
@@ -134,11 +125,9 @@ def export_openpi(step_dir, out_dir, *, model_config=None, head: str | None = No
 
 
 def main(argv=None) -> dict:
-  from apt_jax import serve as _serve  # pylint: disable=import-outside-toplevel
-
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   p = argparse.ArgumentParser(prog="python -m apt_jax.export", description=__doc__.split("\n\n")[0])
-  _serve.add_checkpoint_args(p)
+  _policy.add_checkpoint_args(p)
   p.add_argument("--out", required=True, help="output dir (gets params/ and assets/)")
   p.add_argument("--format", default="openpi", choices=FORMATS)
   p.add_argument("--dtype", default="stored", choices=["stored", "float32", "bfloat16"],
@@ -146,8 +135,9 @@ def main(argv=None) -> dict:
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)
   dtype = {"stored": None, "float32": np.float32, "bfloat16": jax.numpy.bfloat16}[args.dtype]
+  experiment = configs.load(args.experiment) if args.experiment else None
   meta = export_openpi(args.checkpoint, args.out, model_config=args.model_config, head=args.head, dtype=dtype,
-                       overwrite=args.overwrite, experiment_config=_serve.load_experiment(args.experiment))
+                       overwrite=args.overwrite, experiment_config=experiment)
   print(json.dumps({k: meta[k] for k in ("head", "apt_stage", "openpi_pi0_compatible", "num_leaves",
                                          "extra_params")}, indent=1))
   return meta

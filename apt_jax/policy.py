@@ -1,31 +1,21 @@
 """Inference policy: one robot request in, one action chunk out (openpi's `Policy` and `create_trained_policy`).
 
-    policy = create_trained_policy("checkpoints/exp/29999", env="libero", tokenizer_path=".../tokenizer.model")
+    policy = create_trained_policy("checkpoints/exp/29999")   # settings from <step>/assets (written by training)
     out = policy.infer({"observation/image": img, "observation/wrist_image": wrist, "observation/state": s,
                         "prompt": "pick up the bowl"})
-    out["actions"]        # float32 [action_horizon, 7]
-    out["policy_timing"]  # {"infer_ms": ..., "preprocess_ms": ..., "postprocess_ms": ...}
+    out["actions"]        # float32 [AH, 7];  out["policy_timing"]: {"infer_ms", "preprocess_ms", "postprocess_ms"}
 
-Input transforms (openpi order: repack/env inputs, [delta], Normalize, model transforms):
-  env adapter (apt_jax.policies: validate, pick cameras, images to uint8 HWC, state) -> default prompt ->
-  resize_with_pad to 224x224 (PIL, openpi-client's semantics) -> normalize state -> zero-pad state to the model's
-  action_dim -> tokenize the prompt (PaligemmaTokenizer, max_token_len of the model).
-Output transforms: unnormalize actions -> absolute actions (add the state back on `delta_action_dims`, openpi's
-  AbsoluteActions) -> env adapter (crop to the robot's action dims, ALOHA's conversions).
-
-Model: params restored in bfloat16 by default (openpi's inference path); compute dtype from the model config;
-`sample_actions` jitted once per shape; rng = jax.random.key(seed), split on every call (openpi). `warmup()` compiles
-without consuming the rng, so a warmed-up policy returns what a fresh one with the same seed returns.
-
-Policy settings that are not part of the model (env, delta_action_dims, quantile norm, default prompt, tokenizer,
-asset id) come from arguments, else from the training experiment config if one is given (`--config
-experiments/x.py[:arg]`), else from an optional `<step>/assets/policy_config.json` (`write_policy_config`), else from
-defaults (`PolicyConfig`). Checkpoints written by apt_jax.train carry model_config.json and norm stats but no policy
-config: serve them with `--config` (the experiment they were trained with) or explicit flags.
+Inputs (openpi's order): env adapter (apt_jax.envs) -> default prompt -> resize_with_pad -> normalize state -> pad
+state to the model's action_dim -> tokenize. Outputs: unnormalize -> absolute actions on `delta_action_dims` (openpi's
+AbsoluteActions) -> env adapter. Params are restored in bfloat16 by default (openpi); the rng is split on every call,
+and `warmup()` does not consume it, so a warmed-up policy returns what a fresh one with the same seed returns.
+Settings (PolicyConfig): arguments > the training experiment config (`--config`) > `<step>/assets/policy_config.json`
+(apt_jax.train writes it with the tokenizer) > defaults. Letters: AH action horizon, AD model action dim.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -42,87 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from apt_jax import checkpoints
+from apt_jax import configs
+from apt_jax import envs as _envs
+from apt_jax import policy_config as _policy_config
 from apt_jax.data import normalize as _normalize
 from apt_jax.data import transforms as _transforms
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 from apt_jax.models import tokenizer as _tokenizer
-from apt_jax.policies import envs as _envs
 
 _log = logging.getLogger(__name__)
-
-POLICY_CONFIG_FILE = "policy_config.json"
-TOKENIZER_FILE = "tokenizer.model"
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyConfig:
-  """Inference settings beyond the model config (stored as `<step>/assets/policy_config.json`)."""
-
-  env: str = "libero"
-  # Action dims predicted relative to the state (int k: the first k dims; or a bool list); openpi's pi0_libero: 6.
-  delta_action_dims: int | tuple[bool, ...] | None = None
-  use_quantile_norm: bool = False
-  default_prompt: str | None = None
-  # Relative paths are resolved against the checkpoint's assets dir.
-  tokenizer_path: str | None = None
-  asset_id: str | None = None
-  num_steps: int = 10
-  seed: int = 0
-  env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    if isinstance(d["delta_action_dims"], tuple):
-      d["delta_action_dims"] = list(d["delta_action_dims"])
-    d["env_kwargs"] = dict(d["env_kwargs"])
-    return d
-
-  @classmethod
-  def from_json(cls, d: Mapping) -> "PolicyConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"Unknown policy config fields {unknown}; known: {sorted(known)}")
-    d = dict(d)
-    if isinstance(d.get("delta_action_dims"), list):
-      d["delta_action_dims"] = tuple(bool(x) for x in d["delta_action_dims"])
-    return cls(**d)
-
-
-def policy_config_from_experiment(config) -> PolicyConfig:
-  """Inference settings implied by a training experiment config (`experiments/*.py`): the data's delta actions,
-  normalization and default prompt, the env of its first dataset's adapter, the tokenizer and the asset id."""
-  get = lambda obj, key, default=None: (obj.get(key, default) if hasattr(obj, "get") else default)
-  data = get(config, "data") or {}
-  datasets = list(get(data, "datasets") or [])
-  adapter = get(datasets[0], "adapter", "libero") if datasets else "libero"
-  delta = get(data, "delta_action_dims")
-  if delta is not None and not isinstance(delta, (int, bool)):
-    delta = tuple(bool(x) for x in delta)
-  return PolicyConfig(
-      env=adapter if adapter in _envs.ENVS else "libero",
-      delta_action_dims=delta,
-      use_quantile_norm=bool(get(data, "use_quantile_norm", False)),
-      default_prompt=get(data, "default_prompt") or None,
-      tokenizer_path=get(config, "tokenizer_path") or None,
-      asset_id=get(config, "asset_id") or None,
-      seed=0)
-
-
-def write_policy_config(assets_dir: str | os.PathLike, config: PolicyConfig) -> pathlib.Path:
-  path = pathlib.Path(assets_dir) / POLICY_CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(config.to_json(), indent=1))
-  return path
-
-
-def read_policy_config(step_dir: str | os.PathLike) -> PolicyConfig | None:
-  path = pathlib.Path(step_dir) / "assets" / POLICY_CONFIG_FILE
-  if not path.exists():
-    return None
-  return PolicyConfig.from_json(json.loads(path.read_text()))
-
 
 @dataclasses.dataclass(frozen=True)
 class Transforms:
@@ -140,7 +59,7 @@ class Transforms:
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
-def _sample_actions(model, rng, data, noise, num_steps):
+def sample_actions_jit(model, rng, data, noise, num_steps):
   return model.sample_actions(rng, _model.Observation.from_dict(data), num_steps=num_steps, noise=noise)
 
 
@@ -156,7 +75,7 @@ class Policy:
       raise ValueError(f"env {env.name!r} has a {env.state_dim}-dim state; the model's action_dim is {cfg.action_dim}")
     if env.action_dim > cfg.action_dim:
       raise ValueError(f"env {env.name!r} needs {env.action_dim} action dims; the model has {cfg.action_dim}")
-    self._uses_language = bool(getattr(cfg, "uses_language", True))
+    self._uses_language = cfg.uses_language
     if self._uses_language and transforms.tokenizer is None:
       raise ValueError("This model reads the prompt: the policy needs a tokenizer (tokenizer_path)")
     if transforms.tokenizer is not None and transforms.tokenizer.max_len != cfg.max_token_len:
@@ -182,7 +101,7 @@ class Policy:
     return None if self.norm_stats is None else self.norm_stats.get(key)
 
   def prepare(self, obs: Mapping) -> tuple[dict, np.ndarray]:
-    """Request -> (batched model input dict, unnormalized env state [S]). Raises policies.InputError."""
+    """Request -> (batched model input dict, unnormalized env state [S]). Raises envs.InputError."""
     t = self.transforms
     cfg = self.model.config
     x = t.env.inputs(obs)
@@ -232,7 +151,7 @@ class Policy:
     with self._lock:
       self._rng, rng = jax.random.split(self._rng)
     t1 = time.monotonic()
-    actions = np.asarray(_sample_actions(self.model, rng, data, noise, num_steps=self.num_steps), np.float32)[0]
+    actions = np.asarray(sample_actions_jit(self.model, rng, data, noise, num_steps=self.num_steps), np.float32)[0]
     t2 = time.monotonic()
     out = {"actions": self.finish(actions, state_env)}
     t3 = time.monotonic()
@@ -246,7 +165,7 @@ class Policy:
     if obs is None:
       obs = self.transforms.env.example(np.random.default_rng(0), prompt=self.transforms.default_prompt or "warm up")
     data, _ = self.prepare(obs)
-    jax.block_until_ready(_sample_actions(self.model, jax.random.key(0), data, None, num_steps=self.num_steps))
+    jax.block_until_ready(sample_actions_jit(self.model, jax.random.key(0), data, None, num_steps=self.num_steps))
     return time.monotonic() - t0
 
 
@@ -273,9 +192,7 @@ def resolve_model_config(step_dir, model_config=None, *, head: str | None = None
   if path.exists():
     return checkpoints.load_model_config(step_dir)
   if experiment_config is not None and experiment_config.get("model") is not None:
-    m = experiment_config.model
-    kwargs = m.kwargs.to_dict() if hasattr(m.kwargs, "to_dict") else dict(m.get("kwargs") or {})
-    return registry.create_config(m.get("head", "pi0"), **kwargs)
+    return configs.model_config(experiment_config)
   if head is not None:
     _log.warning("%s has no model config: using the default %s config", step_dir, head)
     return registry.create_config(head)
@@ -287,12 +204,12 @@ def _resolve_tokenizer(step_dir: pathlib.Path, path: str | None) -> str | None:
   if path is not None:
     p = pathlib.Path(path)
     return str(p if p.is_absolute() or p.exists() else step_dir / "assets" / p)
-  default = step_dir / "assets" / TOKENIZER_FILE
+  default = step_dir / "assets" / _policy_config.TOKENIZER_FILE
   return str(default) if default.exists() else None
 
 
 def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, head: str | None = None,
-                          dtype: Any = jnp.bfloat16, policy_config: PolicyConfig | None = None,
+                          dtype: Any = jnp.bfloat16, policy_config: _policy_config.PolicyConfig | None = None,
                           experiment_config=None, **overrides) -> Policy:
   """A Policy for a checkpoint step dir (ours or openpi's; see apt_jax.checkpoints for the layout).
 
@@ -310,8 +227,8 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
   step_dir = pathlib.Path(step_dir)
   config = resolve_model_config(step_dir, model_config, head=head, experiment_config=experiment_config)
   if policy_config is None and experiment_config is not None:
-    policy_config = policy_config_from_experiment(experiment_config)
-  pc = policy_config or read_policy_config(step_dir) or PolicyConfig()
+    policy_config = _policy_config.policy_config_from_experiment(experiment_config)
+  pc = policy_config or _policy_config.read_policy_config(step_dir) or _policy_config.PolicyConfig()
   pc = dataclasses.replace(pc, **{k: v for k, v in overrides.items() if v is not None})
   env = _envs.get_env(pc.env, **dict(pc.env_kwargs))
 
@@ -330,9 +247,9 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
   tokenizer = None
   if tok_path is not None:
     tokenizer = _tokenizer.PaligemmaTokenizer(tok_path, max_len=config.max_token_len)
-  elif getattr(config, "uses_language", True):
-    raise FileNotFoundError(f"No tokenizer: pass tokenizer_path (--tokenizer) or put {TOKENIZER_FILE} in "
-                            f"{step_dir / 'assets'}")
+  elif config.uses_language:
+    raise FileNotFoundError(f"No tokenizer: pass tokenizer_path (--tokenizer) or put "
+                            f"{_policy_config.TOKENIZER_FILE} in {step_dir / 'assets'}")
 
   transforms = Transforms(env=env, tokenizer=tokenizer, delta_action_dims=pc.delta_action_dims,
                           use_quantile_norm=pc.use_quantile_norm, default_prompt=pc.default_prompt)
@@ -340,14 +257,14 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
   metadata = {
       "server": "apt_jax",
       "head": registry.head_name(config),
-      "apt_stage": getattr(config, "apt_stage", "none"),
+      "apt_stage": config.apt_stage,
       "env": env.name,
       "action_horizon": config.action_horizon,
       "action_dim": env.action_dim,
       "model_action_dim": config.action_dim,
       "state_dim": env.state_dim,
       "max_token_len": config.max_token_len,
-      "compute_dtype": getattr(config, "dtype", None),
+      "compute_dtype": config.dtype,
       "param_dtype": ",".join(param_dtypes),
       "num_steps": pc.num_steps,
       "norm_stats": None if stats_path is None else str(stats_path.parent.relative_to(step_dir / "assets")),
@@ -356,3 +273,19 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
                             else pc.delta_action_dims),
   }
   return Policy(model, transforms, norm_stats, num_steps=pc.num_steps, seed=pc.seed, metadata=metadata)
+
+
+# --- CLI (serve, export) --------------------------------------------------------------------------------------------
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+  """Flags shared by serve and export to locate a checkpoint and its model config."""
+  parser.add_argument("--checkpoint", required=True, help="checkpoint step dir holding params/ and assets/")
+  parser.add_argument("--model_config", default=None,
+                      help="model config JSON (needed for openpi checkpoints without assets/model_config.json): "
+                      "{'head': ..., 'config': {...}} or a bare dict of the --head config's fields")
+  parser.add_argument("--config", default=None, dest="experiment",
+                      help="training experiment config path[:arg] (experiments/*.py): model config for checkpoints "
+                      "without one, tokenizer, asset id, delta actions, normalization, env")
+  parser.add_argument("--head", default=None, help="head of --model_config, or the default config of this head "
+                      "when the checkpoint has none (e.g. pi0)")

@@ -6,33 +6,13 @@
         [--model_config FILE | --head pi0]              # openpi checkpoints (no assets/model_config.json)
         [--dtype bfloat16|float32|stored] [--api_key_file FILE] [--max_frame_mb 16] [--infer_threads 1]
 
-    e.g. an apt_jax training run:  --checkpoint $W/pi0_libero/29999 --config experiments/pi0_libero.py
-         an openpi checkpoint:     --checkpoint pi0_libero/29999 --head pi0 --tokenizer paligemma_tokenizer.model \
-                                   --delta_action_dims 6 --asset_id physical-intelligence/libero
-
-Protocol (openpi's `serving/websocket_policy_server.py` + `openpi_client/websocket_client_policy.py`):
-* On connect the server sends one binary frame: the msgpack_numpy-packed metadata dict (head, apt_stage, env,
-  action_horizon, action_dim, ...).
-* Each request is one binary frame, a msgpack_numpy-packed observation dict; the reply is one binary frame with the
-  policy output plus `server_timing = {"infer_ms", "prev_total_ms"}` (infer_ms: the `policy.infer` call;
-  prev_total_ms from the 2nd request on: the previous cycle, from waiting for its request to sending its reply, as
-  openpi measures it; plus `queue_ms`, the wait for a free inference thread when several clients are served).
-* Errors: one *text* frame with the message (openpi clients raise `RuntimeError("Error in inference server:\n" +
-  msg)`), then the connection is closed: 1007 (invalid data) for malformed frames and bad fields, naming the field;
-  1011 for unexpected errors (the traceback stays in the server log). Other connections are unaffected.
-* `GET /healthz` answers 200 "OK" (no token needed).
-
-Beyond openpi:
-* Binds 127.0.0.1 by default (openpi: 0.0.0.0); use `--host 0.0.0.0` to expose it.
-* Optional token: with an API key set, the handshake must carry `Authorization: Api-Key <key>` (what openpi-client
-  sends when given `api_key`), compared in constant time; otherwise HTTP 401.
-* Frames above `--max_frame_mb` (default 16 MiB) are refused by websockets with close code 1009 before they are
-  buffered; a LIBERO request with two 224x224 images is ~300 KB.
-* Requests are decoded by a hardened msgpack_numpy (byte-identical wire format; no object/void/complex dtypes, array
-  shapes must match their byte count) and validated by the env adapter (apt_jax.policies).
-* Several clients at once: inference runs in a thread pool (`--infer_threads`, default 1 so requests are served in
-  arrival order without competing for the device), the event loop keeps accepting and decoding. `--max_connections`
-  bounds concurrent connections (HTTP 503 beyond).
+Protocol (openpi's `serving/websocket_policy_server.py`): on connect, one binary frame with the metadata; then per
+request one msgpack_numpy frame in, one out (the policy output plus `server_timing`: `infer_ms`, `queue_ms`, and from
+the 2nd request on `prev_total_ms`, the previous cycle as openpi measures it). Errors: one text frame with the
+message, then close code 1007 (bad request, naming the field) or 1011 (unexpected; traceback in the server log).
+`GET /healthz` answers 200. Beyond openpi: binds 127.0.0.1 by default; optional `Authorization: Api-Key <key>`
+(compared in constant time, else HTTP 401); frames above `--max_frame_mb` closed with 1009 before buffering;
+inference in a thread pool (`--infer_threads`, default 1: arrival order); `--max_connections` (HTTP 503 beyond).
 """
 
 from __future__ import annotations
@@ -40,94 +20,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import http
 import logging
-import math
 import os
+import pathlib
 import threading
 import time
 from collections.abc import Mapping
 
-import msgpack
-import numpy as np
+import jax.numpy as jnp
 import websockets
 import websockets.asyncio.server as _server
 from websockets.frames import CloseCode
 
-from apt_jax.policies import envs as _envs
+from apt_jax import configs
+from apt_jax import envs as _envs
+from apt_jax import policy as _policy
+from apt_jax.msgpack_numpy import RequestError
+from apt_jax.msgpack_numpy import packb
+from apt_jax.msgpack_numpy import unpackb
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 API_KEY_ENV = "APT_JAX_API_KEY"
-
-
-# --- msgpack_numpy: openpi's wire format, decoded defensively -------------------------------------------------------
-
-
-class RequestError(ValueError):
-  """A frame that cannot be decoded into a request."""
-
-
-def _pack_array(obj):
-  if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind in ("V", "O", "c"):
-    raise ValueError(f"Unsupported dtype: {obj.dtype}")
-  if isinstance(obj, np.ndarray):
-    return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": obj.shape}
-  if isinstance(obj, np.generic):
-    return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
-  return obj
-
-
-def _dtype(spec) -> np.dtype:
-  if not isinstance(spec, (str, bytes)):
-    raise RequestError(f"array dtype must be a string, got {type(spec).__name__}")
-  try:
-    dtype = np.dtype(spec.decode() if isinstance(spec, bytes) else spec)
-  except (TypeError, ValueError, UnicodeDecodeError) as e:
-    raise RequestError(f"bad array dtype {spec!r}: {e}") from None
-  if dtype.kind in ("V", "O", "c") or dtype.hasobject or dtype.itemsize == 0:
-    raise RequestError(f"unsupported array dtype {dtype}")
-  return dtype
-
-
-def _unpack_array(obj):
-  if b"__ndarray__" in obj:
-    dtype = _dtype(obj.get(b"dtype"))
-    shape, data = obj.get(b"shape"), obj.get(b"data")
-    if (not isinstance(shape, (list, tuple)) or len(shape) > 32
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-      raise RequestError(f"bad array shape {shape!r}")
-    if not isinstance(data, bytes):
-      raise RequestError("array data must be bytes")
-    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    if nbytes != len(data):
-      raise RequestError(f"array of shape {tuple(shape)} and dtype {dtype} needs {nbytes} bytes, got {len(data)}")
-    return np.ndarray(buffer=data, dtype=dtype, shape=tuple(shape))
-  if b"__npgeneric__" in obj:
-    dtype = _dtype(obj.get(b"dtype"))
-    try:
-      return dtype.type(obj.get(b"data"))
-    except (TypeError, ValueError, OverflowError) as e:
-      raise RequestError(f"bad numpy scalar of dtype {dtype}: {e}") from None
-  return obj
-
-
-def packb(obj) -> bytes:
-  """openpi_client.msgpack_numpy.packb, byte for byte."""
-  return msgpack.packb(obj, default=_pack_array)
-
-
-def unpackb(data: bytes):
-  """openpi_client.msgpack_numpy.unpackb with validation: raises RequestError on anything malformed."""
-  try:
-    return msgpack.unpackb(data, object_hook=_unpack_array)
-  except RequestError:
-    raise
-  except Exception as e:  # msgpack raises several exception types (ExtraData, FormatError, ValueError, ...)
-    detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    raise RequestError(f"malformed msgpack frame ({detail})") from None
 
 
 # --- Server -------------------------------------------------------------------------------------------------------
@@ -225,7 +143,7 @@ class PolicyServer:
           _log.info("Bad request from %s: %s", peer, e)
           await self._fail(ws, f"Invalid request: {e}", CloseCode.INVALID_DATA)
           return
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:
           _log.exception("Inference failed for %s", peer)
           await self._fail(ws, f"Internal server error: {type(e).__name__}: {e}", CloseCode.INTERNAL_ERROR)
           return
@@ -260,11 +178,11 @@ class PolicyServer:
     asyncio.run(self.run())
 
   # Background-thread use (tests, benchmarks, embedding).
-  def start(self, timeout: float = 30.0) -> "PolicyServer":
+  def start(self, timeout: float = 30.0) -> PolicyServer:
     def target():
       try:
         asyncio.run(self.run())
-      except BaseException as e:  # pylint: disable=broad-except
+      except BaseException as e:
         self._error = e
         self._ready.set()
 
@@ -278,10 +196,8 @@ class PolicyServer:
 
   def stop(self, timeout: float = 10.0) -> None:
     if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
-      try:
+      with contextlib.suppress(RuntimeError):  # the loop closed in between
         self._loop.call_soon_threadsafe(self._stopped.set)
-      except RuntimeError:
-        pass
     if self._thread is not None:
       self._thread.join(timeout)
 
@@ -304,30 +220,9 @@ def _delta_dims(text: str):
   return int(text)
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-  """Flags shared by serve and export to locate a checkpoint and its model config."""
-  parser.add_argument("--checkpoint", required=True, help="checkpoint step dir holding params/ and assets/")
-  parser.add_argument("--model_config", default=None,
-                      help="model config JSON (needed for openpi checkpoints without assets/model_config.json): "
-                      "{'head': ..., 'config': {...}} or a bare dict of the --head config's fields")
-  parser.add_argument("--config", default=None, dest="experiment",
-                      help="training experiment config path[:arg] (experiments/*.py): model config for checkpoints "
-                      "without one, tokenizer, asset id, delta actions, normalization, env")
-  parser.add_argument("--head", default=None, help="head of --model_config, or the default config of this head "
-                      "when the checkpoint has none (e.g. pi0)")
-
-
-def load_experiment(spec: str | None):
-  """`experiments/x.py[:arg]` -> its get_config(arg) (None -> None)."""
-  if not spec:
-    return None
-  from apt_jax.data import compute_norm_stats  # pylint: disable=import-outside-toplevel
-  return compute_norm_stats.load_experiment_config(spec)
-
-
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m apt_jax.serve", description=__doc__.split("\n\n")[0])
-  add_checkpoint_args(p)
+  _policy.add_checkpoint_args(p)
   p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
   p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
   p.add_argument("--env", default=None, choices=sorted(_envs.ENVS), help="robot request layout (default libero)")
@@ -352,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _api_key(args) -> str | None:
   if args.api_key_file:
-    key = open(args.api_key_file, encoding="utf-8").read().strip()
+    key = pathlib.Path(args.api_key_file).read_text(encoding="utf-8").strip()
     if not key:
       raise ValueError(f"{args.api_key_file} is empty")
     return key
@@ -362,14 +257,10 @@ def _api_key(args) -> str | None:
 def main(argv=None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   args = build_parser().parse_args(argv)
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
-
   dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "stored": None}[args.dtype]
   pol = _policy.create_trained_policy(
       args.checkpoint, model_config=args.model_config, head=args.head, dtype=dtype,
-      experiment_config=load_experiment(args.experiment), env=args.env,
+      experiment_config=configs.load(args.experiment) if args.experiment else None, env=args.env,
       asset_id=args.asset_id, tokenizer_path=args.tokenizer, delta_action_dims=args.delta_action_dims,
       use_quantile_norm=args.use_quantile_norm, default_prompt=args.default_prompt, num_steps=args.num_steps,
       seed=args.seed)
@@ -379,10 +270,8 @@ def main(argv=None) -> None:
   server = PolicyServer(pol, host=args.host, port=args.port, api_key=_api_key(args),
                         max_frame_bytes=int(args.max_frame_mb * 2**20), max_connections=args.max_connections,
                         infer_threads=args.infer_threads)
-  try:
+  with contextlib.suppress(KeyboardInterrupt):
     server.serve_forever()
-  except KeyboardInterrupt:
-    pass
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def load_paligemma_npz(path: str | os.PathLike) -> dict:
     raise FileNotFoundError(f"PaliGemma checkpoint not found: {path}")
   with np.load(path, allow_pickle=False) as f:
     flat = {k: f[k] for k in f.files}
-  bad = sorted(k for k in flat if not (k.startswith("params/img/") or k.startswith("params/llm/")))
+  bad = sorted(k for k in flat if not k.startswith(("params/img/", "params/llm/")))
   if bad:
     raise tree_lib.TreeMismatchError(
         f"{path}: keys must start with 'params/img/' or 'params/llm/' (big_vision layout); got {bad[:5]}")

@@ -34,19 +34,19 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from apt_jax.data import builders  # noqa: E402
+from apt_jax import configs  # noqa: E402
 
 TARGET_RATIO = 5.0
 
 
 def run_pipeline(*, batch_size: int, num_batches: int, num_workers: int, prefetch: int, augment: bool,
                  cache: bool = True, seed: int = 0) -> dict:
-  from apt_jax.data import create_data_loader  # pylint: disable=import-outside-toplevel
+  from apt_jax.data import create_data_loader
   t0 = time.perf_counter()
   extra = {} if cache else {"image_cache_mb": 0, "episode_cache_mb": 0}
-  cfg = builders.sample_data_config(num_workers=num_workers, prefetch=prefetch, augment=augment, **extra)
+  cfg = configs.sample_data(num_workers=num_workers, prefetch=prefetch, augment=augment, **extra)
   loader = create_data_loader(cfg, batch_size=batch_size, seed=seed, action_horizon=50, action_dim=32,
-                              max_token_len=48, tokenizer_path=str(builders.SAMPLE_TOKENIZER), shuffle=True,
+                              max_token_len=48, tokenizer_path=str(configs.SAMPLE_TOKENIZER), shuffle=True,
                               train=True)
   t1 = time.perf_counter()
   batch = next(loader)
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
   uncached = run_pipeline(augment=False, cache=False, **common)
   result = {
       "benchmark": "data_pipeline",
-      "dataset": f"data/sample/{builders.SAMPLE_DATASET} (LIBERO no_noops spec, 256x256 jpeg, 6 episodes)",
+      "dataset": f"data/sample/{configs.SAMPLE_DATASET} (LIBERO no_noops spec, 256x256 jpeg, 6 episodes)",
       "image_size": [224, 224],
       "cameras": ["base_0_rgb", "left_wrist_0_rgb"],
       "batch_size": args.batch_size,

@@ -11,32 +11,27 @@ DDIM, 20 steps), as configured in its experiments file. Compile time is reported
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pi0_step import timed
 
-from apt_jax import optimizer as _optimizer  # noqa: E402
-from apt_jax.models import registry  # noqa: E402
-from pi0_step import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from apt_jax import optimizer as _optimizer
+from apt_jax import testing
+from apt_jax.models import registry
 
+# The VLM of each size (apt_jax.testing.SIZES) with the settings of that size's π0 runs.
 _VLM = {
-    "debug": dict(paligemma_variant=dict(width=64, depth=2, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
-                  siglip_variant=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(56, 56)),
-                  vocab_size=256, action_dim=8, max_token_len=32),
-    "medium": dict(paligemma_variant=dict(width=512, depth=6, mlp_dim=2048, num_heads=8, num_kv_heads=1,
-                                          head_dim=64),
-                   siglip_variant=dict(width=192, depth=6, mlp_dim=768, num_heads=4), vocab_size=4096,
-                   action_dim=32, max_token_len=48),
+    "debug": dict(action_dim=8, max_token_len=32),
+    "medium": dict(action_dim=32, max_token_len=48),
 }
 _HEAD = {
-    ("pi0", "debug"): dict(action_expert_variant=dict(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1,
-                                                      head_dim=32), action_horizon=10),
-    ("pi0", "medium"): dict(action_expert_variant=dict(width=256, depth=6, mlp_dim=1024, num_heads=8,
-                                                       num_kv_heads=1, head_dim=64), action_horizon=50),
+    ("pi0", "debug"): dict(action_expert_variant=testing.SIZES["debug"]["action_expert_variant"], action_horizon=10),
+    ("pi0", "medium"): dict(action_expert_variant=testing.SIZES["medium"]["action_expert_variant"],
+                            action_horizon=50),
     ("gr00t", "debug"): dict(dit_variant="dummy", action_horizon=10),
     ("gr00t", "medium"): dict(dit_variant=dict(num_heads=8, head_dim=32, depth=8, output_dim=256, state_hidden=256,
                                                num_future_tokens=16, adapter_depth=2, adapter_num_heads=8),
@@ -47,7 +42,8 @@ _HEAD = {
 
 
 def bench(head, size, stage, batch, reps):
-  config = registry.create_config(head, apt_stage=stage, dtype="float32", remat_policy="none", **_VLM[size],
+  vlm = {k: v for k, v in testing.SIZES[size].items() if k != "action_expert_variant"}
+  config = registry.create_config(head, apt_stage=stage, dtype="float32", remat_policy="none", **vlm, **_VLM[size],
                                   **_HEAD[(head, size)])
   model = config.create(jax.random.key(0))
   obs, acts = config.fake_obs(batch), config.fake_act(batch)

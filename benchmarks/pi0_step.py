@@ -1,6 +1,6 @@
 """π0 compute_loss+grad and sample_actions time by APT stage, batch size and model size (CPU). Prints JSON.
 
-  python benchmarks/pi0_step.py [--sizes tiny,medium] [--batches 2,8] [--reps 3]
+  python benchmarks/pi0_step.py [--sizes small,medium] [--batches 2,8] [--reps 3]
 
 Gradients are taken w.r.t. the trainable params only (as in training), so Stage 1's frozen VLM costs one forward
 pass and no backward. Compile time (lower + compile) is reported apart from the steady-state time (median of reps).
@@ -13,26 +13,13 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from apt_jax import optimizer as _optimizer  # noqa: E402
-from apt_jax.models import pi0  # noqa: E402
-
-SIZES = {
-    # The openpi parity fixture's sizes.
-    "tiny": dict(paligemma_variant=dict(width=256, depth=4, mlp_dim=512, num_heads=4, num_kv_heads=1, head_dim=32),
-                 action_expert_variant=dict(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1,
-                                            head_dim=32),
-                 siglip_variant=dict(width=64, depth=2, mlp_dim=128, num_heads=4), vocab_size=1024),
-    # A "medium" CPU size: 3 cameras x 256 tokens + 48 prompt tokens, wider/deeper towers.
-    "medium": dict(paligemma_variant=dict(width=512, depth=6, mlp_dim=2048, num_heads=8, num_kv_heads=1,
-                                          head_dim=64),
-                   action_expert_variant=dict(width=256, depth=6, mlp_dim=1024, num_heads=8, num_kv_heads=1,
-                                              head_dim=64),
-                   siglip_variant=dict(width=192, depth=6, mlp_dim=768, num_heads=4), vocab_size=4096),
-}
+from apt_jax import optimizer as _optimizer
+from apt_jax import testing
+from apt_jax.models import pi0
 
 
 def timed(fn, *args, reps):
@@ -50,7 +37,7 @@ def timed(fn, *args, reps):
 
 
 def bench(size, stage, batch, reps):
-  config = pi0.Pi0Config(apt_stage=stage, dtype="bfloat16", remat_policy="nothing_saveable", **SIZES[size])
+  config = pi0.Pi0Config(apt_stage=stage, dtype="bfloat16", remat_policy="nothing_saveable", **testing.SIZES[size])
   model = config.create(jax.random.key(0))
   obs = config.fake_obs(batch)
   acts = config.fake_act(batch)
@@ -73,7 +60,7 @@ def bench(size, stage, batch, reps):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--sizes", default="tiny,medium")
+  p.add_argument("--sizes", default="small,medium", help=f"of apt_jax.testing.SIZES: {sorted(testing.SIZES)}")
   p.add_argument("--batches", default="2,8")
   p.add_argument("--reps", type=int, default=3)
   args = p.parse_args()

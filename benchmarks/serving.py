@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/serving.py [--requests 50] [--clients 1,4] [--infer_threads 1] [--in_process]
         [--checkpoint STEP_DIR --tokenizer PATH] [--out FILE]
 
-Without --checkpoint it builds the tiny π0 the serving tests use (SigLIP 32 wide / 56 px patches, Gemma 48 + 32
-wide, 2 layers, action horizon 4, float32 compute, bfloat16 params as openpi's inference), with the shipped sample
-tokenizer, LIBERO layout, delta actions and z-score norm stats. The server runs as `python -m apt_jax.serve` in a
-subprocess (`--in_process`: a thread of this process); clients are openpi-client `WebsocketClientPolicy` objects in
-threads of this process, each sending LIBERO requests (two 224x224x3 uint8 images, state (8,), a prompt; ~300 KB).
+Without --checkpoint it builds the tiny π0 the serving tests use (apt_jax.testing: SigLIP 32 wide / 56 px patches,
+Gemma 48 + 32 wide, 2 layers, action horizon 4, float32 compute, bfloat16 params as openpi's inference), with the
+shipped sample tokenizer, LIBERO layout, delta actions and z-score norm stats. The server runs as
+`python -m apt_jax.serve` in a subprocess (`--in_process`: a thread of this process); clients are openpi-client
+`WebsocketClientPolicy` objects in threads of this process, each sending LIBERO requests (two 224x224x3 uint8
+images, state (8,), a prompt; ~300 KB).
 
 Reported:
 * `direct`: `Policy.infer` called in this process (same checkpoint, same settings), ms per call.
@@ -27,7 +28,6 @@ import json
 import os
 import pathlib
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -44,34 +44,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
-SAMPLE_TOKENIZER = REPO / "data" / "sample" / "tokenizer.model"
 
+def build_tiny_checkpoint(step_dir: pathlib.Path) -> pathlib.Path:
+  """apt_jax.testing's tiny π0 with the sample tokenizer, LIBERO layout and openpi's pi0_libero delta actions."""
+  import jax
 
-def build_tiny_checkpoint(step_dir: pathlib.Path, tokenizer_path: pathlib.Path) -> pathlib.Path:
-  import jax  # pylint: disable=import-outside-toplevel
+  from apt_jax import configs
+  from apt_jax import policy_config as _policy_config
+  from apt_jax import testing
+  from apt_jax.models import tokenizer
 
-  from apt_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
-  from apt_jax.data import normalize  # pylint: disable=import-outside-toplevel
-  from apt_jax.models import pi0  # pylint: disable=import-outside-toplevel
-  from apt_jax.models import tokenizer  # pylint: disable=import-outside-toplevel
-
-  vocab = tokenizer.PaligemmaTokenizer(tokenizer_path).vocab_size
-  config = pi0.Pi0Config(
-      paligemma_variant=dict(width=48, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16),
-      action_expert_variant=dict(width=32, depth=2, mlp_dim=48, num_heads=2, num_kv_heads=1, head_dim=16),
-      siglip_variant=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(56, 56)),
-      vocab_size=vocab, action_horizon=4, remat_policy="none", dtype="float32")
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), config.abstract_params())
-  checkpoints.save_params(step_dir / "params", params)
-  stats = {"state": normalize.NormStats(mean=rng.normal(size=8), std=rng.uniform(0.5, 2, 8)),
-           "actions": normalize.NormStats(mean=rng.normal(size=7), std=rng.uniform(0.5, 2, 7))}
-  checkpoints.write_assets(step_dir / "assets", model_config=config, norm_stats=stats,
-                           asset_id="physical-intelligence/libero")
-  shutil.copy(tokenizer_path, step_dir / "assets" / _policy.TOKENIZER_FILE)
-  _policy.write_policy_config(step_dir / "assets", _policy.PolicyConfig(env="libero", delta_action_dims=6))
-  return step_dir
+  vocab = tokenizer.PaligemmaTokenizer(configs.SAMPLE_TOKENIZER).vocab_size
+  model = testing.tiny_pi0_config(vocab).create(jax.random.key(0))
+  return testing.write_tiny_checkpoint(step_dir, model, configs.SAMPLE_TOKENIZER,
+                                       policy_config=_policy_config.PolicyConfig(env="libero", delta_action_dims=6))
 
 
 def _free_port() -> int:
@@ -105,7 +91,7 @@ def run_clients(port: int, n_clients: int, n_requests: int, make_obs, direct=Non
   """n_clients openpi clients in threads, n_requests timed requests each. With `direct` (1 client only), every
   request is paired with a direct `direct.infer` of the same observation just before it, so the two are measured
   under the same machine load (this machine is shared)."""
-  from openpi_client import websocket_client_policy as wcp  # pylint: disable=import-outside-toplevel
+  from openpi_client import websocket_client_policy as wcp
 
   clients = [wcp.WebsocketClientPolicy(host="127.0.0.1", port=port) for _ in range(n_clients)]
   for i, c in enumerate(clients):  # warm-up (first request of each connection)
@@ -132,7 +118,7 @@ def run_clients(port: int, n_clients: int, n_requests: int, make_obs, direct=Non
     results = list(pool.map(work, range(n_clients)))
   wall = max(r[2] for r in results) - t0
   for c in clients:
-    c._ws.close()  # pylint: disable=protected-access
+    c._ws.close()  # noqa: SLF001  (openpi-client has no public close)
   lat = [x for r in results for x in r[0]]
   out = {"clients": n_clients, "requests": len(lat), "round_trip_ms": _stats_ms(lat),
          "server_infer_ms_median": round(statistics.median(x for r in results for x in r[1]), 3)}
@@ -154,14 +140,14 @@ def main(argv=None) -> dict:
   p.add_argument("--out", default=None, help="also write the JSON here")
   args = p.parse_args(argv)
 
-  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
-  from apt_jax import serve  # pylint: disable=import-outside-toplevel
+  from apt_jax import policy as _policy
+  from apt_jax import serve
 
   tmp = tempfile.TemporaryDirectory(prefix="serving_bench_")
   if args.checkpoint:
     ckpt = pathlib.Path(args.checkpoint)
   else:
-    ckpt = build_tiny_checkpoint(pathlib.Path(tmp.name) / "1000", SAMPLE_TOKENIZER)
+    ckpt = build_tiny_checkpoint(pathlib.Path(tmp.name) / "1000")
 
   pol = _policy.create_trained_policy(ckpt, tokenizer_path=args.tokenizer)
   t = time.perf_counter()
@@ -181,35 +167,34 @@ def main(argv=None) -> dict:
     out = pol.infer(obs)
     direct.append((time.perf_counter() - t) * 1e3)
     model_ms.append(out["policy_timing"]["infer_ms"])
-  from apt_jax.serve import packb  # pylint: disable=import-outside-toplevel
+  from apt_jax.msgpack_numpy import packb
   request_bytes = len(packb(obs))
 
   port = _free_port()
   proc = server = None
-  log = open(pathlib.Path(tmp.name) / "server.log", "w")
-  try:
-    if args.in_process:
-      server = serve.PolicyServer(pol, port=port, infer_threads=args.infer_threads).start()
-    else:
-      cmd = [sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(ckpt), "--port", str(port),
-             "--infer_threads", str(args.infer_threads)]
-      if args.tokenizer:
-        cmd += ["--tokenizer", args.tokenizer]
-      proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
-    _wait_healthy(port, proc)
-    runs = [run_clients(port, int(n), args.requests, make_obs) for n in args.clients.split(",")]
-    paired = run_clients(port, 1, args.requests, make_obs, direct=pol)
-  finally:
-    if server is not None:
-      server.stop()
-    if proc is not None:
-      proc.terminate()
-      try:
-        proc.wait(timeout=20)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+  with open(pathlib.Path(tmp.name) / "server.log", "w") as log:
+    try:
+      if args.in_process:
+        server = serve.PolicyServer(pol, port=port, infer_threads=args.infer_threads).start()
+      else:
+        cmd = [sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(ckpt), "--port", str(port),
+               "--infer_threads", str(args.infer_threads)]
+        if args.tokenizer:
+          cmd += ["--tokenizer", args.tokenizer]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+      _wait_healthy(port, proc)
+      runs = [run_clients(port, int(n), args.requests, make_obs) for n in args.clients.split(",")]
+      paired = run_clients(port, 1, args.requests, make_obs, direct=pol)
+    finally:
+      if server is not None:
+        server.stop()
+      if proc is not None:
+        proc.terminate()
+        try:
+          proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+          proc.kill()
 
   direct_stats = _stats_ms(direct)
   pd, pr = paired["paired_direct_infer_ms"]["median"], paired["round_trip_ms"]["median"]

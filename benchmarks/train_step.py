@@ -23,23 +23,24 @@ def _child(devices: int, steps: int):
 
   import jax
 
+  from apt_jax import configs
   from apt_jax import sharding as _sharding
   from apt_jax import train
-  from experiments import debug
+  from apt_jax.data import batch as _batch
 
-  config = debug.get_config("stage1")
+  config = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", "stage1")
   config.data = dict(kind="fake")
   if devices > 1:
     config.mesh.fsdp_devices = 4
     config.mesh.min_fsdp_mbytes = 0.0
-  model_config = train.model_config_from(config)
+  model_config = configs.model_config(config)
   mesh = _sharding.make_mesh(config.mesh.fsdp_devices)
   setup = train.make_setup(config, model_config, mesh)
-  state = train.init_train_state(config, setup, jax.random.key(0))
-  data = train.FakeData(model_config, config.batch_size, 0)
-  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b), out_shardings=(setup.state_shardings, None),
-                 donate_argnums=(1,))
-  batches = [train.to_global_batch(next(data), mesh) for _ in range(4)]
+  state = train.init_train_state(setup, jax.random.key(0))
+  data = _batch.FakeData(model_config, config.batch_size, 0)
+  step = setup.jit_train_step()
+  spec = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh))
+  batches = [_batch.to_global_batch(next(data), spec) for _ in range(4)]
   t = time.perf_counter()
   state, m = step(jax.random.key(1), state, batches[0])
   jax.block_until_ready(m)
@@ -57,18 +58,20 @@ def _child(devices: int, steps: int):
 def _fsdp_bytes():
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import jax
+
+  from apt_jax import configs
   from apt_jax import sharding as _sharding
   from apt_jax import train
-  from experiments import pi0_apt_libero, pi0_libero
 
   out = {}
-  for name, config in [("pi0_apt_libero:stage1", pi0_apt_libero.get_config("stage1")),
-                       ("pi0_libero (joint)", pi0_libero.get_config())]:
+  experiments = configs.REPO_ROOT / "experiments"
+  for name, config in [("pi0_apt_libero:stage1", configs.load(experiments / "pi0_apt_libero.py", "stage1")),
+                       ("pi0_libero (joint)", configs.load(experiments / "pi0_libero.py"))]:
     row = {}
     for fsdp in (8, 1):
       config.mesh.fsdp_devices = fsdp
-      setup = train.make_setup(config, train.model_config_from(config), _sharding.make_mesh(fsdp))
-      import jax
+      setup = train.make_setup(config, configs.model_config(config), _sharding.make_mesh(fsdp))
       spec = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), setup.abstract_state,
                           setup.state_shardings)
       b = lambda t: _sharding.per_device_bytes(t) if jax.tree.leaves(t) else 0
@@ -92,6 +95,7 @@ def main():
   steps = [run("--child", str(d), str(args.steps)) for d in (1, 8)]
   print(json.dumps({"debug_train_step": steps, "per_device_memory_full_size": run("--fsdp-bytes"),
                     "cpu_count": os.cpu_count()}, indent=1))
+  return None
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def main(argv=None) -> None:
                                       description="Synthetic LIBERO-spec sample shipped with apt_jax.")
   print(f"dataset: {path}")
 
-  from apt_jax.models.tokenizer import train_sentencepiece  # pylint: disable=import-outside-toplevel
+  from apt_jax.models.tokenizer import train_sentencepiece
   cwd = os.getcwd()
   with tempfile.TemporaryDirectory() as tmp:
     os.chdir(tmp)  # a relative model_prefix: the path is stored in the model, which then stays byte-identical
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
       os.chdir(cwd)
   print(f"tokenizer: {out / 'tokenizer.model'}")
 
-  from apt_jax.data import compute_norm_stats  # pylint: disable=import-outside-toplevel
+  from apt_jax.data import compute_norm_stats
   compute_norm_stats.main(["--data_dir", str(out), "--dataset", NAME, "--adapter", "libero",
                            "--delta_action_dims", "6", "--action_horizon", "50", "--out", str(out)])
   total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

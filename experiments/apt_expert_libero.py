@@ -21,19 +21,18 @@ warmup, batch 256, 100k steps per stage, EMA off. Expected (paper Table 1, LIBER
 with VLM fine-tuning (`--config.model.kwargs.vlm_trainable=True`) 27%.
 """
 
-from experiments import common
+from apt_jax import configs
 
 
 def get_config(arg=None):
-  stage = common.parse_stage(arg)
-  c = common.base_config()
+  stage = configs.parse_stage(arg)
+  c = configs.base_config()
   c.name = f"apt_expert_libero_{arg or 'stage1'}"
   c.model.head = "apt_expert"
-  c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
-                             siglip_variant="So400m/14", expert_variant="base", action_dim=32, action_horizon=32,
-                             max_token_len=48, objective="ddim", loss_weights=((3, 30.0), (3, 10.0), (1, 10.0)),
+  c.model.kwargs.update(dict(apt_stage=stage, **configs.PALIGEMMA_3B, expert_variant="base", action_horizon=32,
+                             objective="ddim", loss_weights=((3, 30.0), (3, 10.0), (1, 10.0)),
                              stage2_init="preserving"))
-  # PaliGemma 3B pt-224 (big_vision npz) for the VLM; the head starts from scratch. (An openpi π0 checkpoint
-  # holds π0's action expert too, which this head lacks.)
-  c.weight_loader = common.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
-  return common.paper_recipe(c)
+  # The VLM from PaliGemma 3B pt-224 (big_vision npz), the head from scratch: an openpi π0 checkpoint would bring
+  # π0's action expert, which this head lacks.
+  c.weight_loader = configs.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
+  return configs.paper_recipe(c)

@@ -10,22 +10,18 @@ Expected: the loss falls from ~1.5 to well below 1 within 300 steps on every rec
 ended (its step-0 loss equals Stage 1's, since the fusion gates start at 0).
 """
 
-from experiments import common
+from apt_jax import configs
+from apt_jax import testing
 
 
 def get_config(arg=None):
-  stage = common.parse_stage(arg)
-  c = common.base_config()
+  stage = configs.parse_stage(arg)
+  c = configs.base_config()
   c.name = f"debug_{arg or 'stage1'}"
-  c.model.kwargs.update(dict(
-      apt_stage=stage, dtype="float32", action_dim=8, action_horizon=10, max_token_len=32, vocab_size=256,
-      paligemma_variant=dict(width=64, depth=2, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
-      action_expert_variant=dict(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=32),
-      # 56x56 patches: 16 tokens per 224x224 camera keep the debug prefix short.
-      siglip_variant=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(56, 56)),
-      remat_policy="none"))
-  c.data = common.sample_data()
-  c.tokenizer_path = str(common.SAMPLE_DIR / "tokenizer.model")
+  c.model.kwargs.update(dict(apt_stage=stage, dtype="float32", action_dim=8, action_horizon=10, max_token_len=32,
+                             remat_policy="none", **testing.SIZES["debug"]))
+  c.data = configs.sample_data()
+  c.tokenizer_path = str(configs.SAMPLE_TOKENIZER)
   c.asset_id = "libero_sample"
   c.batch_size = 8
   c.num_train_steps = 300

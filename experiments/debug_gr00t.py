@@ -5,7 +5,8 @@ r"""Debug recipe for the GR00T-style head: a tiny DiT on a tiny PaliGemma, on th
       --config.init_from=/tmp/debug_gr00t_s1
   python -m apt_jax.train --config experiments/debug_gr00t.py:joint --workdir /tmp/debug_gr00t_joint
   # The paper's DDIM objective instead of GR00T's flow matching:
-  python -m apt_jax.train --config experiments/debug_gr00t.py:stage1 --workdir /tmp/x --config.model.kwargs.objective=ddim
+  python -m apt_jax.train --config experiments/debug_gr00t.py:stage1 --workdir /tmp/x \
+      --config.model.kwargs.objective=ddim
 
 Everything but the model block comes from experiments/debug.py (data, optimizer, 300 steps, batch 8).
 Hardware: any CPU (2 cores: about a minute per 300 steps after ~30 s of compilation).
@@ -13,23 +14,21 @@ Expected: the flow loss falls slowly from ~2.4 (E|a - ε|² of normalised action
 (measured); Stage 2 starts where Stage 1 ended (the language blocks' tanh gates start at 0).
 """
 
+import pathlib
+
 import ml_collections
 
-from experiments import debug
+from apt_jax import configs
 
-# The tiny backbone of experiments/debug.py, shared by every debug head.
+# The tiny backbone of experiments/debug.py (π0's action expert variant is the one field left out).
 TINY_VLM = ("apt_stage", "dtype", "action_dim", "action_horizon", "max_token_len", "vocab_size",
             "paligemma_variant", "siglip_variant", "remat_policy")
 
 
-def head_config(arg, head: str, **kwargs) -> ml_collections.ConfigDict:
-  c = debug.get_config(arg)
-  base = c.model.kwargs
-  c.name = f"debug_{head}_{arg or 'stage1'}"
-  c.model.head = head
-  c.model.kwargs = ml_collections.ConfigDict({**{k: base[k] for k in TINY_VLM}, **kwargs})
-  return c
-
-
 def get_config(arg=None):
-  return head_config(arg, "gr00t", dit_variant="dummy", objective="flow")
+  c = configs.load(pathlib.Path(__file__).with_name("debug.py"), arg)
+  c.name = f"debug_gr00t_{arg or 'stage1'}"
+  c.model.head = "gr00t"
+  c.model.kwargs = ml_collections.ConfigDict({**{k: c.model.kwargs[k] for k in TINY_VLM}, "dit_variant": "dummy",
+                                             "objective": "flow"})
+  return c

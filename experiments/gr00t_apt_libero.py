@@ -21,18 +21,16 @@ warmup, batch 256, 100k steps per stage). GR00T's own LIBERO fine-tune uses batc
 Expected: not reported numerically; the paper's Fig. 4 shows the largest 2-stage gains for the GR00T style.
 """
 
-from experiments import common
+from apt_jax import configs
 
 
 def get_config(arg=None):
-  stage = common.parse_stage(arg)
-  c = common.base_config()
+  stage = configs.parse_stage(arg)
+  c = configs.base_config()
   c.name = f"gr00t_apt_libero_{arg or 'stage1'}"
   c.model.head = "gr00t"
-  c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
-                             siglip_variant="So400m/14", dit_variant="n1.5", vlm_layer=18, action_dim=32,
-                             action_horizon=16, max_token_len=48, objective="flow"))
-  # PaliGemma 3B pt-224 (big_vision npz) for the VLM; the head starts from scratch. (An openpi π0 checkpoint
-  # holds π0's action expert too, which this head lacks.)
-  c.weight_loader = common.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
-  return common.paper_recipe(c)
+  c.model.kwargs.update(dict(apt_stage=stage, **configs.PALIGEMMA_3B, dit_variant="n1.5", vlm_layer=18,
+                             action_horizon=16, objective="flow"))
+  # As experiments/apt_expert_libero.py: the VLM from the PaliGemma 3B npz, the head from scratch.
+  c.weight_loader = configs.stage_weight_loader(stage, "paligemma_npz", "/checkpoints/paligemma-3b-pt-224.npz")
+  return configs.paper_recipe(c)

@@ -2,7 +2,7 @@ r"""APT on π0 for LIBERO at full size (PaliGemma 3B + Gemma-300M expert), with 
 
   # Stage 1 (VA prior; VLM frozen, language masked) from the π0 base checkpoint:
   python -m apt_jax.train --config experiments/pi0_apt_libero.py:stage1 --workdir $W/s1 \
-      --config.data.datasets... (see common.libero_data) --config.weight_loader.path=$PI0_BASE/params
+      --config.data.datasets... (see configs.libero_data) --config.weight_loader.path=$PI0_BASE/params
   # Stage 2 (VLA likelihood; gated fusion layers added, prior restored):
   python -m apt_jax.train --config experiments/pi0_apt_libero.py:stage2 --workdir $W/s2 --config.init_from=$W/s1
 
@@ -13,15 +13,14 @@ warmup, batch 256, 100k steps per stage; EMA off. Expected (paper Table 1, LIBER
 perturbations): APT 19%, APT with VLM fine-tuning (`--config.model.kwargs.vlm_trainable=True`) 27%, vs π0 0%.
 """
 
-from experiments import common
+from apt_jax import configs
 
 
 def get_config(arg=None):
-  stage = common.parse_stage(arg)
-  c = common.base_config()
+  stage = configs.parse_stage(arg)
+  c = configs.base_config()
   c.name = f"pi0_apt_libero_{arg or 'stage1'}"
-  c.model.kwargs.update(dict(apt_stage=stage, dtype="bfloat16", paligemma_variant="gemma_2b",
-                             action_expert_variant="gemma_300m", siglip_variant="So400m/14", action_dim=32,
-                             action_horizon=50, max_token_len=48, fusion_gate="tanh", vlm_lr_multiplier=0.1))
-  c.weight_loader = common.stage_weight_loader(stage, "openpi", "/checkpoints/pi0_base/params")
-  return common.paper_recipe(c)
+  c.model.kwargs.update(dict(apt_stage=stage, **configs.PALIGEMMA_3B, action_expert_variant="gemma_300m",
+                             action_horizon=50, fusion_gate="tanh", vlm_lr_multiplier=0.1))
+  c.weight_loader = configs.stage_weight_loader(stage, "openpi", "/checkpoints/pi0_base/params")
+  return configs.paper_recipe(c)

@@ -8,17 +8,16 @@ Hardware: 8×H100 / TPU v5p-16 (openpi uses FSDP for full fine-tuning). Recipe (
 from pi0_base. Expected: LIBERO avg 94.15% (spatial 96.8, object 98.8, goal 95.8, libero_10 85.2; openpi README).
 """
 
-from experiments import common
+from apt_jax import configs
 
 
 def get_config(arg=None):
   del arg
-  c = common.base_config()
+  c = configs.base_config()
   c.name = "pi0_libero"
-  c.model.kwargs.update(dict(apt_stage="none", dtype="bfloat16", paligemma_variant="gemma_2b",
-                             action_expert_variant="gemma_300m", siglip_variant="So400m/14", action_dim=32,
-                             action_horizon=50, max_token_len=48))
-  c.data = common.libero_data("/data/modified_libero_rlds")
+  c.model.kwargs.update(dict(apt_stage="none", **configs.PALIGEMMA_3B, action_expert_variant="gemma_300m",
+                             action_horizon=50))
+  c.data = configs.libero_data("/data/modified_libero_rlds")
   c.tokenizer_path = "/data/paligemma_tokenizer.model"
   c.asset_id = "libero"
   c.weight_loader = dict(kind="openpi", path="/checkpoints/pi0_base/params")

@@ -10,15 +10,15 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Many tests compile identical graphs (e.g. three train.main runs in the resume test): share compilations through
 # JAX's persistent cache, in a directory private to this test session.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  import tempfile  # noqa: E402
+  import tempfile
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="apt_jax_test_jit_cache_")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-import itertools  # noqa: E402
-import pathlib  # noqa: E402
+import itertools
+import pathlib
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPENPI_FIXTURE = REPO_ROOT.parent / "shared" / "testdata" / "openpi_pi0_tiny"

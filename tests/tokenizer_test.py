@@ -70,7 +70,7 @@ def test_long_prompt_is_truncated_or_rejected(tiny_tokenizer_path, sp):
 
 def test_missing_model_raises_naming_the_path(tmp_path):
   path = tmp_path / "no_such_tokenizer.model"
-  with pytest.raises(FileNotFoundError, match="no_such_tokenizer.model"):
+  with pytest.raises(FileNotFoundError, match=r"no_such_tokenizer\.model"):
     tokenizer.PaligemmaTokenizer(path)
 
 

@@ -145,7 +145,7 @@ def test_paligemma_npz_outside_big_vision_layout_raises(tmp_path):
   np.savez(path, **{"img/head/kernel": np.zeros((2, 2))})
   with pytest.raises(tree_lib.TreeMismatchError, match="img/head/kernel"):
     weight_loaders.load_paligemma_npz(path)
-  with pytest.raises(FileNotFoundError, match="nowhere.npz"):
+  with pytest.raises(FileNotFoundError, match=r"nowhere\.npz"):
     weight_loaders.load_paligemma_npz(tmp_path / "nowhere.npz")
 
 

@@ -8,16 +8,10 @@ tests and benchmarks can write RLDS datasets without touching sys.path.
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 import sys
 from types import ModuleType
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data"
-SAMPLE_DIR = DATA_DIR / "sample"
-SAMPLE_DATASET = "libero_sample"
-SAMPLE_TOKENIZER = SAMPLE_DIR / "tokenizer.model"
-SAMPLE_NORM_STATS = SAMPLE_DIR / "norm_stats.json"
+from apt_jax import configs
 
 _MODULE_NAME = "apt_jax_rlds_builders"
 
@@ -26,7 +20,7 @@ def rlds_builders() -> ModuleType:
   """Returns the `data/rlds_builders` package (write_episodes, libero_features, droid_features, ...)."""
   if _MODULE_NAME in sys.modules:
     return sys.modules[_MODULE_NAME]
-  pkg_dir = DATA_DIR / "rlds_builders"
+  pkg_dir = configs.REPO_ROOT / "data" / "rlds_builders"
   spec = importlib.util.spec_from_file_location(
       _MODULE_NAME, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)])
   if spec is None or spec.loader is None:
@@ -40,17 +34,3 @@ def rlds_builders() -> ModuleType:
     raise
   return module
 
-
-def sample_data_config(**overrides) -> dict:
-  """data_config for the shipped LIBERO-spec sample (`data/sample/libero_sample`), with openpi's pi0_libero choices."""
-  config = {
-      "datasets": [{"name": SAMPLE_DATASET, "data_dir": str(SAMPLE_DIR), "adapter": "libero", "weight": 1.0,
-                    "split": "train"}],
-      "norm_stats_path": str(SAMPLE_NORM_STATS),
-      "delta_action_dims": 6,
-      "use_quantile_norm": False,
-      "skip_bad_records": False,
-      "shuffle_buffer": 1024,
-  }
-  config.update(overrides)
-  return config

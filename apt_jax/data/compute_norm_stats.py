@@ -7,26 +7,19 @@
 With `--config`, the experiment config's `get_config(arg)` must provide `config.data` (see apt_jax.data.config);
 the output goes to `--out`, else `<config.assets_dir>/<config.asset_id>` (or `<config.assets_dir>` without an
 asset id). The action horizon comes from `--action_horizon`, else `config.model.action_horizon`, else
-`config.action_horizon`, else 50.
-
-What is measured matches openpi's `scripts/compute_norm_stats.py`: `state` over every step, `actions` over every
-entry of every step's action chunk of length H (last action repeated past the episode end), after the delta-action
-transform of the data config and before padding. Episodes are read in dataset order, all datasets of the config into
-one set of statistics (their widths must agree); `--max_frames` caps the steps taken from each dataset. Images are
-never decoded. Bad records raise, or are skipped when the config says `skip_bad_records`; prompts are only checked
-against max_token_len when `--tokenizer_path` is given. Quantiles: see apt_jax.data.normalize.
+`config.action_horizon`, else 50. What is measured: `compute_norm_stats`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import pathlib
 import sys
 
 import numpy as np
 
+from apt_jax import configs
 from apt_jax.data import adapters as _adapters
 from apt_jax.data import config as _config
 from apt_jax.data import normalize as _normalize
@@ -37,12 +30,19 @@ _log = logging.getLogger(__name__)
 
 def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | None = None,
                        tokenizer_path=None, max_token_len: int = 48) -> dict[str, _normalize.NormStats]:
-  """Returns {"state": NormStats, "actions": NormStats} over all datasets of `data_config`."""
-  from apt_jax.data import rlds as _rlds  # pylint: disable=import-outside-toplevel
+  """Returns {"state": NormStats, "actions": NormStats} over all datasets of `data_config`.
+
+  As openpi's `scripts/compute_norm_stats.py`: `state` over every step, `actions` over every entry of every step's
+  action chunk of length H (last action repeated past the episode end), after the data config's delta-action
+  transform and before padding. Episodes are read in dataset order, all datasets into one set of statistics (their
+  widths must agree); `max_frames` caps the steps taken from each dataset. Images are never decoded. Bad records
+  raise, or are skipped with `skip_bad_records`; prompts are checked against max_token_len only with a tokenizer.
+  """
+  from apt_jax.data import rlds as _rlds
   cfg = _config.parse_data_config(data_config)
   tokenizer = None
   if tokenizer_path:
-    from apt_jax.models.tokenizer import PaligemmaTokenizer  # pylint: disable=import-outside-toplevel
+    from apt_jax.models.tokenizer import PaligemmaTokenizer
     tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=max_token_len)
   stats = {"state": _normalize.RunningStats(), "actions": _normalize.RunningStats()}
   for i, entry in enumerate(cfg.datasets):
@@ -75,18 +75,6 @@ def compute_norm_stats(data_config, *, action_horizon: int, max_frames: int | No
   return {k: v.get_statistics() for k, v in stats.items()}
 
 
-def load_experiment_config(spec: str):
-  """`path/to/config.py[:arg]` -> the module's `get_config(arg)` (big_vision style)."""
-  path, _, arg = spec.partition(":")
-  module_path = pathlib.Path(path)
-  if not module_path.exists():
-    raise FileNotFoundError(f"--config: {module_path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location(f"_apt_experiment_{module_path.stem}", module_path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def _get(obj, path: str, default=None):
   for part in path.split("."):
     if obj is None:
@@ -114,7 +102,7 @@ def main(argv=None) -> pathlib.Path:
 
   config, out = None, args.out
   if args.config:
-    config = load_experiment_config(args.config)
+    config = configs.load(args.config)
     data_config = _get(config, "data")
     if data_config is None:
       parser.error(f"{args.config}: the config has no `data` field")

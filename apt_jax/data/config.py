@@ -1,38 +1,7 @@
 """The data config (`config.data` in an experiment config): fields, defaults and parsing.
 
-`data_config` is an ml_collections ConfigDict or a plain dict:
-
-| field | type, default | meaning |
-|---|---|---|
-| datasets | list of dicts, required | one entry per RLDS dataset, see below |
-| norm_stats_path | str or None | norm_stats.json (or its directory) in openpi's format; None: no normalization (a warning is logged) |
-| delta_action_dims | int, list of bools, or None | action dims made relative to the current state before normalization: an int k means the first k dims (openpi's LIBERO uses 6), a list is a per-dim mask |
-| use_quantile_norm | bool, False | quantile instead of z-score normalization (openpi: π0 z-score, π0.5/FAST quantile) |
-| skip_bad_records | bool, False | skip (count, log) episodes that fail validation instead of raising `DataError` |
-| shuffle_buffer | int, 4096 | steps per shuffle window and dataset: blocks of episodes are read in a seeded random order until the window holds at least this many steps, whose samples are then emitted in a seeded random order |
-| episodes_per_block | int, 4 | contiguous episodes read together; blocks are the unit of the epoch permutation and of per-process sharding |
-| augment | bool, False | train-time image augmentation in the pipeline (random crop + rotation on the base camera, colour jitter on all); off by default because openpi augments on the model side (`preprocess_observation(train=True)`) and both would stack |
-| image_size | [h, w], [224, 224] | model image resolution; images are resized with pad |
-| num_epochs | int or None | None repeats forever; otherwise each dataset stops after that many epochs and iteration ends when all have |
-| num_workers | int, 2 | threads decoding and resizing images |
-| image_cache_mb | float, 1024 | keep decoded + resized images up to this many MB (per loader), so later epochs of a dataset that fits skip JPEG decoding and resizing; 0 turns it off. Output is identical either way |
-| episode_cache_mb | float, 256 | keep parsed episodes (images still encoded) up to this many MB (per loader, all datasets together), so a dataset that fits is read from disk once; 0 turns it off |
-| prefetch | int, 2 | batches prepared ahead in a background thread (0: synchronous) |
-| default_prompt | str or None | used when an episode's instruction is empty (openpi `InjectDefaultPrompt`) |
-| return_metadata | bool, False | adds int32 [B] `dataset_index`, `episode_index`, `step_index` to each batch |
-
-Each `datasets` entry:
-
-| field | default | meaning |
-|---|---|---|
-| name | required | TFDS dataset name: the data lives in `<data_dir>/<name>/<version>/` |
-| data_dir | required | TFDS data_dir |
-| adapter | "libero" | "libero", "droid" or "oxe_generic" (apt_jax.data.adapters) |
-| adapter_kwargs | {} | overrides of adapter fields (feature keys, dims, file_path_regex) |
-| weight | 1.0 | mixture sampling weight (normalized over datasets) |
-| split | "train" | TFDS split, slicing allowed ("train[:90%]") |
-| version | None | TFDS version directory; None: the highest |
-| norm_stats_path | None | per-dataset override of the top-level norm_stats_path |
+`data_config` is an ml_collections ConfigDict or a plain dict with the fields of `DataConfig`; each `datasets` entry
+has the fields of `DatasetEntry`. One comment per field says what it does.
 """
 
 from __future__ import annotations
@@ -46,33 +15,64 @@ _log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
+  # TFDS dataset name: the data lives in `<data_dir>/<name>/<version>/`.
   name: str
   data_dir: str
+  # "libero", "droid" or "oxe_generic" (apt_jax.data.adapters).
   adapter: str = "libero"
+  # Mixture sampling weight (normalized over datasets).
   weight: float = 1.0
+  # TFDS split, slicing allowed ("train[:90%]").
   split: str = "train"
+  # TFDS version directory; None: the highest.
   version: str | None = None
+  # Overrides of adapter fields (feature keys, dims, file_path_regex).
   adapter_kwargs: Mapping = dataclasses.field(default_factory=dict)
+  # Per-dataset override of the top-level norm_stats_path.
   norm_stats_path: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+  # One entry per RLDS dataset (DatasetEntry fields), at least one.
   datasets: tuple[DatasetEntry, ...]
+  # The data source: "rlds" (this pipeline); apt_jax.train also takes "fake" (random batches of the model's spec, no
+  # other field needed).
+  kind: str = "rlds"
+  # norm_stats.json (or its directory) in openpi's format; None: no normalization (a warning is logged).
   norm_stats_path: str | None = None
+  # Action dims made relative to the current state before normalization: k means the first k dims (openpi's LIBERO
+  # uses 6), a list of bools is a per-dim mask.
   delta_action_dims: int | tuple[bool, ...] | None = None
+  # Quantile instead of z-score normalization (openpi: π0 z-score, π0.5/FAST quantile).
   use_quantile_norm: bool = False
+  # Skip (count, log) episodes that fail validation instead of raising `DataError`.
   skip_bad_records: bool = False
+  # Steps per shuffle window and dataset: blocks of episodes are read in a seeded random order until the window holds
+  # at least this many steps, whose samples are then emitted in a seeded random order.
   shuffle_buffer: int = 4096
+  # Contiguous episodes read together: the unit of the epoch permutation and of per-process sharding.
   episodes_per_block: int = 4
+  # Train-time augmentation in the pipeline (random crop + rotation on the base camera, colour jitter on all). Off by
+  # default: openpi augments on the model side (`preprocess_observation(train=True)`) and both would stack.
   augment: bool = False
+  # Model image resolution [h, w]; images are resized with pad.
   image_size: tuple[int, int] = (224, 224)
+  # None repeats forever; otherwise each dataset stops after that many epochs and iteration ends when all have.
   num_epochs: int | None = None
+  # Threads decoding and resizing images.
   num_workers: int = 2
+  # Decoded + resized images kept up to this many MB (per loader), so later epochs of a dataset that fits skip JPEG
+  # decoding; 0 turns it off. The output is identical either way.
   image_cache_mb: float = 1024
+  # Parsed episodes (images still encoded) kept up to this many MB (per loader, all datasets), so a dataset that fits
+  # is read from disk once; 0 turns it off.
   episode_cache_mb: float = 256
+  # Batches prepared ahead in a background thread (0: synchronous).
   prefetch: int = 2
+  # Used when an episode's instruction is empty (openpi `InjectDefaultPrompt`).
   default_prompt: str | None = None
+  # Adds int32 [B] `dataset_index`, `episode_index`, `step_index` to each batch.
   return_metadata: bool = False
 
 
@@ -123,6 +123,8 @@ def parse_data_config(cfg) -> DataConfig:
     if k in kwargs:
       kwargs[k] = str(kwargs[k])
   out = DataConfig(datasets=tuple(datasets), **kwargs)
+  if out.kind != "rlds":
+    raise ValueError(f"data_config.kind={out.kind!r}: this pipeline reads RLDS datasets (kind 'rlds')")
   if out.shuffle_buffer < 1 or out.episodes_per_block < 1:
     raise ValueError("data_config.shuffle_buffer and episodes_per_block must be >= 1")
   return out

@@ -1,36 +1,12 @@
 """The training data loader: RLDS datasets -> weighted mixture -> batches in openpi's Observation layout.
 
-Stream layout (all randomness is a pure function of the seed and a small cursor, which is what makes the iterator
-state small and exact):
+All randomness is a pure function of the seed and a small cursor, so the iterator state is a few hundred bytes of
+JSON and a resumed loader yields exactly the batches the original would have (`_Stream`, `DataLoader`).
+Batch (numpy, per process: B = batch_size // process_count rows; H action horizon, AD the model's action_dim):
 
-1. Each dataset's split is cut into blocks of `episodes_per_block` contiguous episodes. Block i belongs to process
-   `i % process_count` (per-process sharding: processes read disjoint episodes).
-2. Epoch e of a dataset visits this process's blocks in the order `permutation(seed, process, dataset, e)`.
-   Consecutive blocks are read into a *window* until it holds >= `shuffle_buffer` steps (windows never cross an
-   epoch). The window's samples (episode, step) are emitted in the order `permutation(seed, ..., e, window start)`.
-   A dataset's cursor is therefore (epoch, window start, offset in window).
-3. Sample n of this process comes from dataset `mixture(seed, process, n)`, a categorical draw with the configured
-   weights.
-4. A sample: images decoded, resized with pad to `image_size` (optionally augmented with rng(seed, process, n)),
-   state and action chunk (last action repeated past the episode end, `actions_mask` False there), optional delta
-   actions, normalization, zero-padding to action_dim, tokenized prompt.
-
-`get_state()` is `{"samples": n, "datasets": [cursor per dataset], ...}` (JSON, a few hundred bytes). `set_state`
-rebuilds the cursors; the current window is read again (its blocks are addressed by file, skip and take), so a
-resumed loader yields exactly the batches the original would have yielded. With shuffle=False blocks and samples are
-in dataset order. Batches are prepared `prefetch` ahead in a background thread, with `num_workers` threads decoding
-images; the state returned belongs to the last batch handed out, not to the prefetched ones. Parsed blocks
-(`episode_cache_mb`) and decoded + resized images (`image_cache_mb`) are cached up to a budget, so small datasets
-(the shipped sample, debug runs) are decoded once; caching never changes the stream.
-
-Batch (numpy, per process: batch_size // process_count rows):
-
-    image: {base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb: uint8 [B, h, w, 3]}
-    image_mask: {same keys: bool [B]}
-    state: float32 [B, action_dim]              normalized, zero-padded
-    tokenized_prompt: int32 [B, max_token_len]
-    tokenized_prompt_mask: bool [B, max_token_len]
-    actions: float32 [B, H, action_dim]          normalized, zero-padded
+    image: {base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb: uint8 [B, h, w, 3]};  image_mask: {same: bool [B]}
+    state: float32 [B, AD]  normalized, zero-padded;  actions: float32 [B, H, AD]  normalized, zero-padded
+    tokenized_prompt: int32 [B, L];  tokenized_prompt_mask: bool [B, L]  (L = max_token_len)
     actions_mask, action_pad_mask: bool [B, H]  (the same array) True where the step is inside the episode
     (return_metadata) dataset_index, episode_index, step_index: int32 [B]
 """
@@ -39,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import copy
 import logging
 import queue
@@ -52,6 +29,7 @@ from apt_jax.data import config as _config
 from apt_jax.data import normalize as _normalize
 from apt_jax.data import rlds as _rlds
 from apt_jax.data import transforms as _transforms
+from apt_jax.models import model as _model
 
 _log = logging.getLogger(__name__)
 
@@ -115,7 +93,16 @@ class _ImageCache:
 
 
 class _Stream:
-  """One dataset's cursor over this process's blocks (see the module docstring)."""
+  """One dataset's cursor over this process's blocks.
+
+  1. The split is cut into blocks of `episodes_per_block` contiguous episodes; block i belongs to process
+     `i % process_count` (processes read disjoint episodes).
+  2. Epoch e visits this process's blocks in the order `permutation(seed, process, dataset, e)`. Consecutive blocks
+     are read into a *window* until it holds >= `shuffle_buffer` steps (windows never cross an epoch); the window's
+     samples (episode, step) are emitted in the order `permutation(seed, ..., e, window start)`.
+  So the cursor is (epoch, window start, offset in window), and `reset(state)` reads the current window again (its
+  blocks are addressed by file, skip and take). With shuffle=False blocks and samples are in dataset order.
+  """
 
   def __init__(self, index: int, entry: _config.DatasetEntry, source: _rlds.RldsSource, *, cfg: _config.DataConfig,
                seed: int, process_index: int, process_count: int, shuffle: bool, train: bool, tokenizer):
@@ -213,12 +200,22 @@ class _Stream:
 
 
 class DataLoader:
-  """Iterator over per-process batches; see the module docstring and `apt_jax.data.config` for the fields."""
+  """Iterator over per-process batches (fields: `apt_jax.data.config`).
+
+  Sample n of this process comes from dataset `mixture(seed, process, n)` (a categorical draw with the configured
+  weights) at that dataset's `_Stream` cursor: images decoded and resized with pad to `image_size` (augmented with
+  rng(seed, process, n) if set), state and action chunk (last action repeated past the episode end, `actions_mask`
+  False there), delta actions, normalization, zero-padding to action_dim, tokenized prompt. `get_state()` is
+  `{"samples": n, "datasets": [cursor per dataset], ...}` and belongs to the last batch handed out, not to the
+  `prefetch` batches a background thread prepares ahead (`num_workers` threads decode images). Parsed blocks
+  (`episode_cache_mb`) and decoded images (`image_cache_mb`) are cached up to a budget; caching never changes the
+  stream.
+  """
 
   def __init__(self, data_config, *, batch_size: int, seed: int, action_horizon: int, action_dim: int,
                max_token_len: int, tokenizer_path, process_index: int = 0, process_count: int = 1,
                shuffle: bool = True, train: bool = True):
-    from apt_jax.models.tokenizer import PaligemmaTokenizer  # pylint: disable=import-outside-toplevel
+    from apt_jax.models.tokenizer import PaligemmaTokenizer
     self.cfg = _config.parse_data_config(data_config)
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
@@ -350,7 +347,7 @@ class DataLoader:
     h, w = self.cfg.image_size
     rng = np.random.default_rng([self.seed, self.process_index, 0xA06, n]) if self.augment else None
     images, masks = {}, {}
-    for cam in _adapters.IMAGE_KEYS:
+    for cam in _model.IMAGE_KEYS:
       frames = ep.images.get(cam)
       if frames is None:
         images[cam], masks[cam] = self._zeros, False
@@ -392,7 +389,7 @@ class DataLoader:
       samples = list(self._pool.map(lambda r: self._sample(*r), refs))
     else:
       samples = [self._sample(*r) for r in refs]
-    cams = _adapters.IMAGE_KEYS
+    cams = _model.IMAGE_KEYS
     mask = np.stack([s["actions_mask"] for s in samples])
     batch = {
         "image": {c: np.stack([s["image"][c] for s in samples]) for c in cams},
@@ -465,10 +462,8 @@ class DataLoader:
       self._pool = None
 
   def __del__(self):
-    try:
+    with contextlib.suppress(Exception):  # interpreter shutdown may have torn down threading already
       self._stop.set()
-    except Exception:  # pylint: disable=broad-except
-      pass
 
 
 def _produce_loop(loader_ref, stop: threading.Event, q: queue.Queue) -> None:
@@ -488,7 +483,7 @@ def _produce_loop(loader_ref, stop: threading.Event, q: queue.Queue) -> None:
     if loader is None:
       return
     try:
-      item = loader._produce()  # pylint: disable=protected-access
+      item = loader._produce()  # noqa: SLF001  (this module's producer thread holds only a weakref to the loader)
     except StopIteration:
       item = _END
     except BaseException as e:  # handed to the consumer, re-raised by __next__

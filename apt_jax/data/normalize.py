@@ -11,12 +11,6 @@ Statistics cover the raw (unpadded) dimensions. When `x` has more dimensions tha
 model's action_dim = 32), the stats are padded the way openpi's `Unnormalize` pads them: mean 0 / std 1 for z-score,
 and pass-through for quantile normalization; when the stats are longer, they are truncated to `x`'s width (openpi's
 `Normalize`). So padded zeros stay (almost) zero and `unnormalize(normalize(x))` round-trips.
-
-`RunningStats` differs from openpi's in how it gets quantiles: openpi keeps 5000-bin histograms; here mean and std are
-exact (float64 running sums; std is the population std, as np.std) and q01/q99 are exact `np.quantile` (linear
-interpolation) of every row seen, as long as at most `max_quantile_samples` rows (default 1,000,000) have been seen.
-Past that, q01/q99 come from a uniform reservoir sample of that many rows (seeded, so reproducible); with 1M rows
-the sampling error of a 1% quantile is about 1e-4 in probability, below a 5000-bin histogram's resolution.
 """
 
 from __future__ import annotations
@@ -62,7 +56,13 @@ def _to_list(x) -> list[float]:
 
 
 class RunningStats:
-  """Accumulates mean, std, q01 and q99 over batches of rows `[..., D]` (all leading axes are flattened)."""
+  """Accumulates mean, std, q01 and q99 over batches of rows `[..., D]` (all leading axes are flattened).
+
+  Unlike openpi (5000-bin histograms): mean and std are exact (float64 running sums; std is the population std, as
+  np.std) and q01/q99 are exact `np.quantile` (linear interpolation) of every row, up to `max_quantile_samples` rows.
+  Past that, q01/q99 come from a uniform reservoir sample of that many rows (seeded, so reproducible); with 1M rows
+  the sampling error of a 1% quantile is about 1e-4 in probability, below a 5000-bin histogram's resolution.
+  """
 
   def __init__(self, max_quantile_samples: int = 1_000_000, seed: int = 0):
     self._cap = int(max_quantile_samples)
@@ -152,32 +152,33 @@ def _fit(stat: np.ndarray, dim: int, pad_value: float) -> np.ndarray:
   return np.concatenate([stat, np.full(stat.shape[:-1] + (dim - stat.shape[-1],), pad_value)], -1)
 
 
-def normalize(x, stats: NormStats, use_quantiles: bool = False) -> np.ndarray:
-  """Normalizes the last axis of `x` (float32 out). See the module docstring for padding."""
+def _fitted(x, stats: NormStats, use_quantiles: bool):
+  """-> (x as float32, k, a, b): (a, b) = (q01, q99) over x's first k dims, or (mean, std) over all its dims."""
   x = np.asarray(x, np.float32)
   d = x.shape[-1]
   if use_quantiles:
     _require_quantiles(stats)
-    k = min(d, stats.dim)
-    q01, q99 = _fit(stats.q01, k, 0.0), _fit(stats.q99, k, 0.0)
-    head = (x[..., :k] - q01) / (q99 - q01 + EPS) * 2.0 - 1.0
+    k = min(d, stats.dim)  # dims past the stats pass through
+    return x, k, _fit(stats.q01, k, 0.0), _fit(stats.q99, k, 0.0)
+  return x, d, _fit(stats.mean, d, 0.0), _fit(stats.std, d, 1.0)
+
+
+def normalize(x, stats: NormStats, use_quantiles: bool = False) -> np.ndarray:
+  """Normalizes the last axis of `x` (float32 out). See the module docstring for padding."""
+  x, k, a, b = _fitted(x, stats, use_quantiles)
+  if use_quantiles:
+    head = (x[..., :k] - a) / (b - a + EPS) * 2.0 - 1.0
     return np.concatenate([head, x[..., k:]], -1).astype(np.float32)
-  mean, std = _fit(stats.mean, d, 0.0), _fit(stats.std, d, 1.0)
-  return ((x - mean) / (std + EPS)).astype(np.float32)
+  return ((x - a) / (b + EPS)).astype(np.float32)
 
 
 def unnormalize(x, stats: NormStats, use_quantiles: bool = False) -> np.ndarray:
   """Inverse of `normalize` (float32 out)."""
-  x = np.asarray(x, np.float32)
-  d = x.shape[-1]
+  x, k, a, b = _fitted(x, stats, use_quantiles)
   if use_quantiles:
-    _require_quantiles(stats)
-    k = min(d, stats.dim)
-    q01, q99 = _fit(stats.q01, k, 0.0), _fit(stats.q99, k, 0.0)
-    head = (x[..., :k] + 1.0) / 2.0 * (q99 - q01 + EPS) + q01
+    head = (x[..., :k] + 1.0) / 2.0 * (b - a + EPS) + a
     return np.concatenate([head, x[..., k:]], -1).astype(np.float32)
-  mean, std = _fit(stats.mean, d, 0.0), _fit(stats.std, d, 1.0)
-  return (x * (std + EPS) + mean).astype(np.float32)
+  return (x * (b + EPS) + a).astype(np.float32)
 
 
 def pad_stats(stats: NormStats, dim: int) -> NormStats:

@@ -5,22 +5,13 @@ few contiguous episodes, and a block is read with `TFRecordDataset(file).skip(a)
 `tf.io.parse_single_example(features.tf_example_spec)`. That gives each episode as flat arrays `[T, ...]` of only the
 features the adapter needs, with images still encoded (decoded per sample later), works for empty episodes, and
 lets the loader read any block again on resume. Episode indices are positions in the split (TFDS order).
-
-Bad records raise `DataError`, naming the dataset, the episode and the field:
-
-| kind | when |
-|---|---|
-| missing | a feature the adapter needs is absent from the dataset's spec |
-| empty | the episode has no steps |
-| shape | state / actions of the wrong width, or an image that is not [H, W, 3] |
-| nonfinite | NaN or Inf in a state or action feature |
-| instruction_too_long | the tokenized prompt is longer than max_token_len |
-
-With `skip_bad_records` the loader drops such an episode instead, counts it by kind and logs a warning.
+Bad records raise `DataError` naming the dataset, the episode and the field; with `skip_bad_records` the loader
+drops the episode instead, counts it by kind and logs a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +20,8 @@ import threading
 
 import numpy as np
 
-from apt_jax.data import adapters as _adapters
+from apt_jax.envs.base import RldsAdapter
+from apt_jax.models import model as _model
 
 _log = logging.getLogger(__name__)
 
@@ -37,7 +29,12 @@ BAD_RECORD_KINDS = ("missing", "empty", "shape", "nonfinite", "instruction_too_l
 
 
 class DataError(ValueError):
-  """A bad record: `str(e)` = "<dataset> episode <i> (file_path=<p>): field <field> <problem>"."""
+  """A bad record: `str(e)` = "<dataset> episode <i> (file_path=<p>): field <field> <problem>".
+
+  `kind` (BAD_RECORD_KINDS): missing (a feature the adapter needs is absent from the dataset's spec), empty (no
+  steps), shape (state / actions of the wrong width, or an image that is not [H, W, 3]), nonfinite (NaN or Inf in a
+  state or action feature), instruction_too_long (the tokenized prompt is longer than max_token_len).
+  """
 
   def __init__(self, dataset: str, episode: int | None, field: str, problem: str, *, kind: str,
                file_path: str | None = None):
@@ -57,11 +54,9 @@ def _tf():
   global _TF
   if _TF is None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    try:
+    import tensorflow as tf
+    with contextlib.suppress(RuntimeError, ValueError):  # already initialised
       tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):  # already initialised
-      pass
     _TF = tf
   return _TF
 
@@ -72,7 +67,7 @@ def resolve_builder_dir(data_dir, name: str, version: str | None = None):
   Also accepts `data_dir` = the dataset or version directory itself. Paths go through etils.epath, so gs:// works
   where TensorFlow's GCS filesystem does.
   """
-  from etils import epath  # pylint: disable=import-outside-toplevel
+  from etils import epath
   base = epath.Path(data_dir)
   for candidate in (base / name, base):
     if version is not None:
@@ -118,9 +113,9 @@ class Block:
 class RldsSource:
   """One RLDS dataset split as seen through an adapter: its spec, its blocks, and a block reader."""
 
-  def __init__(self, name: str, data_dir: str, adapter: _adapters.Adapter, *, split: str = "train",
+  def __init__(self, name: str, data_dir: str, adapter: RldsAdapter, *, split: str = "train",
                version: str | None = None, episodes_per_block: int = 4, cache_budget: ByteBudget | None = None):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    import tensorflow_datasets as tfds
     _tf()
     self.name, self.adapter, self.split = name, adapter, split
     self.builder_dir = resolve_builder_dir(data_dir, name, version)
@@ -273,7 +268,7 @@ def convert_episode(raw: dict, source: RldsSource, *, dataset_index: int, tokeni
   actions = numeric(ad.action_keys, ad.action_dim, "actions")
 
   images, image_keys = {}, {}
-  for cam in _adapters.IMAGE_KEYS:
+  for cam in _model.IMAGE_KEYS:
     keys = [k for k in ad.cameras.get(cam, ()) if k in source.spec]
     if not keys:
       images[cam], image_keys[cam] = None, None

@@ -8,7 +8,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
+from PIL import ImageEnhance
 
 
 def chunk_indices(t: int, horizon: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +127,7 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, *, wrist: bool) -
   h, w = image.shape[:2]
   im = Image.fromarray(image)
   if not wrist:
-    ch, cw = int(round(0.95 * h)), int(round(0.95 * w))
+    ch, cw = round(0.95 * h), round(0.95 * w)
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     im = im.resize((w, h), resample=Image.BILINEAR, box=(left, top, left + cw, top + ch))
     im = im.rotate(float(rng.uniform(-5.0, 5.0)), resample=Image.BILINEAR, fillcolor=(0, 0, 0))

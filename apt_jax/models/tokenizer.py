@@ -37,6 +37,10 @@ class PaligemmaTokenizer:
   def bos_id(self) -> int:
     return self._sp.bos_id()
 
+  @property
+  def eos_id(self) -> int:
+    return self._sp.eos_id()
+
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import language as L
 
 ROWS = ("top", "upper", "middle", "lower", "bottom")

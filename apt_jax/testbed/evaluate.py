@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import experiment
 from apt_jax.testbed import language as L

@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 
 from apt_jax import checkpoints
-from apt_jax import policy as _policy
-from apt_jax.envs import tabletop as T
+from apt_jax import policy_config as _policy_config
+from apt_jax.testbed import tabletop as T
 from apt_jax.models import registry
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
@@ -223,11 +223,13 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
 # --- VLA recipes --------------------------------------------------------------------------------------------------
 
 
-def _train(cfg, name, kw, data, *, seed, steps, npz="", init_params=None, log):
-  """-> (model config, params) after `steps` steps of the config's VLA schedule."""
+def _train(cfg, name, kw, data, *, seed, steps, npz="", init_params=None, cotrain=False, log):
+  """-> (model config, params) after `steps` steps of the config's VLA schedule (batches with a VL co-training
+  sub-batch when `cotrain`)."""
   v = cfg.vla
   tc = vla.train_config(kw, steps=steps, batch_size=v.batch_size, lr=v.lr, seed=seed, npz_path=npz, name=name,
-                        warmup=v.warmup, vl_cotrain_weight=v.vl_cotrain_weight)
+                        warmup=v.warmup, vl_cotrain_weight=v.vl_cotrain_weight,
+                        vl_text_len=cfg.vlm.prefix_len + cfg.vlm.suffix_len if cotrain else 0)
   tc.model.head = cfg.head
   params, info = vla.train_vla(tc, data, init_params=init_params, log=log, log_every=max(1, steps // 6))
   return info["model_config"], params
@@ -236,7 +238,7 @@ def _train(cfg, name, kw, data, *, seed, steps, npz="", init_params=None, log):
 def save_policy(step_dir: pathlib.Path, mc, params, tokenizer_path: str) -> None:
   """Standard checkpoint layout: <step>/params (openpi) + <step>/assets (model config, tokenizer, policy config)."""
   checkpoints.save_params(step_dir / "params", params, force=True)
-  checkpoints.write_assets(step_dir / "assets", model_config=mc, policy_config=_policy.PolicyConfig(
+  checkpoints.write_assets(step_dir / "assets", model_config=mc, policy_config=_policy_config.PolicyConfig(
       env="tabletop", tokenizer_path=tokenizer_path, num_steps=mc.num_steps or 10))
 
 
@@ -293,9 +295,10 @@ class SeedRun:
     label = f"{arm}/{name}/s{self.seed}"
     if r.pool_first:
       data = vla.Concat(((self.pool_data(with_vl=r.cotrain), n), (task, n)))
-      return _train(cfg, label, kw, data, seed=self.seed, steps=2 * n, npz=self.vlm["npz"], log=self.log)
+      return _train(cfg, label, kw, data, seed=self.seed, steps=2 * n, npz=self.vlm["npz"], cotrain=r.cotrain,
+                    log=self.log)
     return _train(cfg, label, kw, task, seed=self.seed, steps=n, npz="" if init else self.vlm["npz"],
-                  init_params=init, log=self.log)
+                  init_params=init, cotrain=r.cotrain, log=self.log)
 
 
 def evaluate(cfg, mc, params, sets: dict, *, seed: int, flow_steps: int) -> dict:

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 
 SYNONYMS = {
     "red": ("crimson", "scarlet"), "green": ("emerald", "lime"), "blue": ("navy", "azure"),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 from apt_jax.models import vlm as _vlm

@@ -1,10 +1,10 @@
-"""VLA training on in-memory demonstration batches with train.py's own building blocks, and closed-loop evaluation.
+"""VLA training on in-memory demonstrations with train.py's own building blocks, and closed-loop evaluation.
 
-Training uses `train.make_setup` / `train.init_train_state` / `train.train_step` (the exact jitted step of
-`train.main`), the real PaliGemma npz loader (`train.load_initial_params` with `weight_loader.kind=paligemma_npz`)
-and the model's own Stage 1 -> Stage 2 initialisation (`stage2_partial_params`). Data come from an in-memory
-iterator (`ArrayData`, resumable like train.py's iterators) instead of the tf.data RLDS pipeline, which costs more
-start-up and per-step time than the whole demo budget allows (see the README section).
+Training is `train.make_setup` / `train.init_train_state` / `Setup.jit_train_step` (the step `train.main` runs), the
+real PaliGemma npz loader (`train.load_initial_params`) and the model's Stage 1 -> Stage 2 initialisation
+(`stage2_partial_params`). Batches come from in-memory expert episodes (`EpisodeData`, resumable like train.py's
+iterators; frames rendered on the fly or stored), not the tf.data RLDS pipeline, whose start-up and per-step cost
+exceed the demo's budget.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from apt_jax import configs
 from apt_jax import optimizer as _optimizer
+from apt_jax import sharding as _sharding
 from apt_jax import train
-from apt_jax import tree as tree_lib
-from apt_jax.envs import tabletop as T
+from apt_jax.data import batch as _batch
 from apt_jax.models import model as _model
+from apt_jax.testbed import tabletop as T
 
 IMAGE_SIZE = T.IMAGE_SIZE
 
@@ -49,11 +50,10 @@ def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_
 
 
 def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed: int, npz_path: str = "",
-                 name: str = "testbed", warmup: float = 0.05, vl_cotrain_weight: float = 1.0
-                 ) -> ml_collections.ConfigDict:
+                 name: str = "testbed", warmup: float = 0.05, vl_cotrain_weight: float = 1.0,
+                 vl_text_len: int = 0) -> ml_collections.ConfigDict:
   """train.py config of one testbed run: AdamW, linear warmup over `warmup` of the steps, cosine to lr / 10, clip 1."""
-  from experiments import common
-  c = common.base_config()
+  c = configs.base_config()
   c.name = name
   c.seed = seed
   c.model.kwargs.update(model_kw)
@@ -63,6 +63,7 @@ def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed
   c.schedule = dict(kind="warmup_cosine", peak_lr=lr, warmup_steps=max(1, round(warmup * steps)), decay_steps=steps,
                     decay_lr=lr / 10)
   c.vl_cotrain_weight = vl_cotrain_weight
+  c.vl_text_len = vl_text_len   # > 0: every batch carries a VL co-training sub-batch (EpisodeData(vl=...))
   c.optimizer.update(dict(weight_decay=1e-4, decay_all=False))
   c.frozen_dtype = ""
   c.train_augment = False
@@ -133,21 +134,17 @@ def make_batch(image, state, tokens, mask, actions=None) -> dict:
 def train_vla(config, data, *, init_params: dict | None = None, log=print, log_every: int = 500) -> tuple[dict, dict]:
   """Trains `config.num_train_steps` steps on `data`. init_params: Stage 1 params (-> Stage 2 init via the model's
   stage2_partial_params); otherwise `train.load_initial_params` (the PaliGemma npz loader). -> (params, info)."""
-  model_config, setup, step_fn, init_fn = _compiled(config)
-  abstract = _optimizer.combine(setup.abstract_state.params, setup.abstract_state.frozen)
+  model_config, setup, step_fn, batch_spec = _compiled(config)
+  abstract = setup.abstract_params()
   if init_params is not None:
-    partial, _, new = model_config.stage2_partial_params(init_params, abstract)
+    partial, _, _ = model_config.stage2_partial_params(init_params, abstract)
   else:
     partial = train.load_initial_params(config, model_config, abstract)
-  rng = jax.random.key(config.seed)
-  train_rng, init_rng = jax.random.split(rng)
-  flat = tree_lib.flatten(abstract)
-  partial = tree_lib.unflatten({k: np.asarray(v, flat[k].dtype) for k, v in tree_lib.flatten(partial).items()})
-  state = init_fn(init_rng, partial)
+  train_rng, init_rng = jax.random.split(jax.random.key(config.seed))
+  state = train.init_train_state(setup, init_rng, partial)
   t0, losses = time.time(), []
   for i in range(config.num_train_steps):
-    batch = jax.tree.map(jnp.asarray, {k: v for k, v in next(data).items() if k in train.MODEL_KEYS})
-    state, metrics = step_fn(train_rng, state, batch)
+    state, metrics = step_fn(train_rng, state, _batch.to_global_batch(next(data), batch_spec))
     if i % log_every == 0 or i + 1 == config.num_train_steps:
       m = jax.device_get(metrics)
       if not np.isfinite(m["loss"]):
@@ -165,20 +162,17 @@ _COMPILED, _POLICIES = {}, {}
 
 
 def _compiled(config):
-  """(model_config, setup, jitted train_step, jitted init) shared by runs that differ only in seed/name, so each
-  recipe compiles once however many seeds run."""
+  """(model_config, setup, jitted train_step, batch spec) shared by runs that differ only in seed/name, so each
+  recipe compiles once however many seeds run. config.vl_text_len > 0: batches carry a VL co-training sub-batch."""
   key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "name", "weight_loader")},
                    sort_keys=True, default=str)
   if key not in _COMPILED:
-    model_config = train.model_config_from(config)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+    model_config = configs.model_config(config)
+    mesh = _sharding.make_mesh(1, devices=jax.devices()[:1])
     setup = train.make_setup(config, model_config, mesh)
-    # As train.main: fixed state shardings in and out, so the step compiles once.
-    step_fn = jax.jit(functools.partial(train.train_step, setup.ctx), out_shardings=(setup.state_shardings, None),
-                      donate_argnums=(1,))
-    init_fn = jax.jit(functools.partial(train._init_state, config, setup.ctx, setup.is_frozen),  # noqa: SLF001
-                      out_shardings=setup.state_shardings)
-    _COMPILED[key] = (model_config, setup, step_fn, init_fn)
+    spec = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh),
+                                 vl_text_len=config.get("vl_text_len", 0))
+    _COMPILED[key] = (model_config, setup, setup.jit_train_step(), spec)
   return _COMPILED[key]
 
 

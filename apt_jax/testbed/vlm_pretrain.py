@@ -47,14 +47,13 @@ def encode_qa(tokenizer, qa, prefix_len: int, suffix_len: int):
 
   Prefix: BOS + question + "\\n" (π0's prompt format), ar=False. Suffix: answer + EOS, ar=True, loss on it.
   """
-  sp = tokenizer._sp
   n = len(qa)
   L = prefix_len + suffix_len
   tokens = np.zeros((n, L), np.int32)
   mask, ar, loss = (np.zeros((n, L), bool) for _ in range(3))
   for i, (_, q, a) in enumerate(qa):
-    p = ([sp.bos_id()] + sp.encode(q) + sp.encode("\n"))[:prefix_len]
-    s = (sp.encode(a) + [sp.eos_id()])[:suffix_len]
+    p = ([tokenizer.bos_id] + tokenizer.encode(q) + tokenizer.encode("\n"))[:prefix_len]
+    s = (tokenizer.encode(a) + [tokenizer.eos_id])[:suffix_len]
     tokens[i, :len(p)] = p
     tokens[i, len(p):len(p) + len(s)] = s
     mask[i, :len(p) + len(s)] = True

@@ -27,33 +27,24 @@ def _set_device_count(argv):
 
 
 def aot_check(config) -> dict:
-  import functools
   import time
 
   import jax
-  import jax.numpy as jnp
 
+  from apt_jax import configs
   from apt_jax import sharding as _sharding
   from apt_jax import train
   from apt_jax import tree as tree_lib
+  from apt_jax.data import batch as _batch
 
-  model_config = train.model_config_from(config)
+  model_config = configs.model_config(config)
   mesh = _sharding.make_mesh(config.mesh.get("fsdp_devices", 1))
   setup = train.make_setup(config, model_config, mesh)
   spec = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
   state = jax.tree.map(spec, setup.abstract_state, setup.state_shardings)
-  obs, act = model_config.inputs_spec(batch_size=config.batch_size)
-  data = _sharding.data_sharding(mesh)
-  batch = {"image": {k: jax.ShapeDtypeStruct(v.shape, jnp.uint8, sharding=data) for k, v in obs.images.items()},
-           "image_mask": {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in obs.image_masks.items()},
-           "state": jax.ShapeDtypeStruct(obs.state.shape, obs.state.dtype, sharding=data),
-           "tokenized_prompt": jax.ShapeDtypeStruct(obs.tokenized_prompt.shape, jnp.int32, sharding=data),
-           "tokenized_prompt_mask": jax.ShapeDtypeStruct(obs.tokenized_prompt_mask.shape, jnp.bool_, sharding=data),
-           "actions": jax.ShapeDtypeStruct(act.shape, act.dtype, sharding=data)}
-  step = jax.jit(functools.partial(train.train_step, setup.ctx), out_shardings=(setup.state_shardings, None),
-                 donate_argnums=(1,))
+  batch = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh))
   t = time.time()
-  lowered = step.lower(jax.random.key(0), state, batch)
+  lowered = setup.jit_train_step().lower(jax.random.key(0), state, batch)
   t_lower = time.time() - t
   compiled = lowered.compile()
   t_compile = time.time() - t - t_lower
@@ -73,7 +64,8 @@ def aot_check(config) -> dict:
       "replicated_GiB": {"params": gib(replicated(state.params) + replicated(state.frozen)),
                          "optimizer": gib(replicated(state.opt_state))},
       "memory_analysis_GiB": {k: gib(v) for k, v in mem_fields.items()},
-      "per_device_bytes": {"params": per_dev(state.params) + per_dev(state.frozen), "optimizer": per_dev(state.opt_state)},
+      "per_device_bytes": {"params": per_dev(state.params) + per_dev(state.frozen),
+                           "optimizer": per_dev(state.opt_state)},
       "replicated_bytes": {"params": replicated(state.params) + replicated(state.frozen),
                            "optimizer": replicated(state.opt_state)},
       "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apt_jax import configs
 from apt_jax.data import builders
 
 IMG = 16  # tiny images keep writing and decoding fast; the pipeline still resizes them to 224
@@ -18,7 +19,7 @@ def rb():
 
 @pytest.fixture(scope="session")
 def tokenizer_path() -> str:
-  return str(builders.SAMPLE_TOKENIZER)
+  return str(configs.SAMPLE_TOKENIZER)
 
 
 def libero_steps(length: int, *, episode: int = 0, instruction: str = "put the bowl on the plate",
@@ -55,7 +56,7 @@ def libero_config(data_dir, name: str, **overrides) -> dict:
 
 
 def make_loader(cfg, tokenizer_path, *, batch_size=1, action_horizon=4, shuffle=False, train=False, seed=0, **kw):
-  from apt_jax.data import create_data_loader  # pylint: disable=import-outside-toplevel
+  from apt_jax.data import create_data_loader
   return create_data_loader(cfg, batch_size=batch_size, seed=seed, action_horizon=action_horizon, action_dim=32,
                             max_token_len=kw.pop("max_token_len", 48), tokenizer_path=tokenizer_path,
                             shuffle=shuffle, train=train, **kw)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ml_collections
 import pytest
 
-from apt_jax.data import builders
+from apt_jax import configs
 from apt_jax.data import config as C
 
 
 def test_configdict_and_defaults():
-  cfg = C.parse_data_config(ml_collections.ConfigDict(builders.sample_data_config(delta_action_dims=[1, 1, 0])))
+  cfg = C.parse_data_config(ml_collections.ConfigDict(configs.sample_data(delta_action_dims=[1, 1, 0])))
   assert cfg.datasets[0].adapter == "libero" and cfg.datasets[0].weight == 1.0
   assert cfg.delta_action_dims == (True, True, False)
   assert cfg.image_size == (224, 224) and cfg.skip_bad_records is False and cfg.augment is False
@@ -29,12 +29,12 @@ def test_bad_configs(bad, match):
 
 
 def test_loader_argument_checks(loader_fn, tmp_path):
-  cfg = builders.sample_data_config()
+  cfg = configs.sample_data()
   with pytest.raises(ValueError, match="not divisible by process_count=3"):
     loader_fn(cfg, batch_size=4, process_count=3, process_index=0)
-  with pytest.raises(ValueError, match="process 5 gets none|process_index=5"):
+  with pytest.raises(ValueError, match=r"process 5 gets none|process_index=5"):
     loader_fn(cfg, batch_size=8, process_count=8, process_index=5)
   with pytest.raises(FileNotFoundError, match="no TFDS dataset"):
     loader_fn({"datasets": [{"name": "nope", "data_dir": str(tmp_path)}]})
   with pytest.raises(ValueError, match="unknown adapter_kwargs"):
-    loader_fn(builders.sample_data_config(datasets=[{**cfg["datasets"][0], "adapter_kwargs": {"bogus": 1}}]))
+    loader_fn(configs.sample_data(datasets=[{**cfg["datasets"][0], "adapter_kwargs": {"bogus": 1}}]))

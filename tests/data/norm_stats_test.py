@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apt_jax.data import builders
+from apt_jax import configs
 from apt_jax.data import normalize as N
 
 H = 50  # pi0_libero's horizon; the shipped norm_stats.json uses it with delta on the first 6 dims
@@ -15,7 +15,7 @@ H = 50  # pi0_libero's horizon; the shipped norm_stats.json uses it with delta o
 def numpy_reference():
   """Reads the sample with tfds.as_dataset (not apt_jax's reader), then builds openpi-style chunks in NumPy."""
   import tensorflow_datasets as tfds
-  builder = tfds.builder_from_directory(str(builders.SAMPLE_DIR / builders.SAMPLE_DATASET / "1.0.0"))
+  builder = tfds.builder_from_directory(str(configs.SAMPLE_DIR / configs.SAMPLE_DATASET / "1.0.0"))
   states, actions = [], []
   for ep in tfds.as_numpy(builder.as_dataset(split="train")):
     steps = list(ep["steps"])
@@ -42,7 +42,7 @@ def _check(stats, ref):
 
 def test_cli_stats_match_numpy(tmp_path, numpy_reference):
   from apt_jax.data import compute_norm_stats
-  path = compute_norm_stats.main(["--data_dir", str(builders.SAMPLE_DIR), "--dataset", builders.SAMPLE_DATASET,
+  path = compute_norm_stats.main(["--data_dir", str(configs.SAMPLE_DIR), "--dataset", configs.SAMPLE_DATASET,
                                   "--adapter", "libero", "--delta_action_dims", "6", "--action_horizon", str(H),
                                   "--out", str(tmp_path)])
   assert path == tmp_path / "norm_stats.json"
@@ -50,7 +50,7 @@ def test_cli_stats_match_numpy(tmp_path, numpy_reference):
 
 
 def test_shipped_norm_stats_match_numpy(numpy_reference):
-  _check(N.load(builders.SAMPLE_NORM_STATS), numpy_reference)
+  _check(N.load(configs.SAMPLE_NORM_STATS), numpy_reference)
 
 
 def test_cli_with_experiment_config(tmp_path):
@@ -58,10 +58,10 @@ def test_cli_with_experiment_config(tmp_path):
   cfg_file = tmp_path / "exp.py"
   cfg_file.write_text(
       "import ml_collections\n"
-      "from apt_jax.data import builders\n"
+      "from apt_jax import configs\n"
       "def get_config(arg=None):\n"
       "  c = ml_collections.ConfigDict()\n"
-      "  c.data = builders.sample_data_config()\n"
+      "  c.data = configs.sample_data()\n"
       f"  c.assets_dir = {str(tmp_path / 'assets')!r}\n"
       "  c.asset_id = arg or 'libero_sample'\n"
       "  c.model = ml_collections.ConfigDict({'action_horizon': 10})\n"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from apt_jax.data import builders
+from apt_jax import configs
 
 
 def _flat(batch):
@@ -29,7 +29,7 @@ def _assert_same(a, b):
 
 def _sample_loader(loader_fn, **cfg):
   # Small windows (~1-2 episodes) and 1-episode blocks, so a few batches cross windows and the epoch (~180 steps).
-  config = builders.sample_data_config(shuffle_buffer=40, episodes_per_block=1, augment=True,
+  config = configs.sample_data(shuffle_buffer=40, episodes_per_block=1, augment=True,
                                        return_metadata=True, num_workers=2, prefetch=2, **cfg)
   return loader_fn(config, batch_size=16, action_horizon=10, shuffle=True, train=True, seed=7)
 
@@ -55,9 +55,9 @@ def test_resumed_iterator_yields_the_same_next_batches(loader_fn):
 
 
 def test_same_seed_same_stream_and_epoch_covers_every_step(loader_fn):
-  cfg = builders.sample_data_config(return_metadata=True, num_epochs=1, episodes_per_block=2, num_workers=1,
+  cfg = configs.sample_data(return_metadata=True, num_epochs=1, episodes_per_block=2, num_workers=1,
                                     shuffle_buffer=50)
-  run = lambda seed: [next_ for next_ in loader_fn(cfg, batch_size=4, action_horizon=2, shuffle=True, seed=seed)]
+  run = lambda seed: list(loader_fn(cfg, batch_size=4, action_horizon=2, shuffle=True, seed=seed))
   a, b, c = run(0), run(0), run(1)
   key = lambda bs: np.concatenate([np.stack([x["episode_index"], x["step_index"]], -1) for x in bs])
   np.testing.assert_array_equal(key(a), key(b))
@@ -69,13 +69,13 @@ def test_same_seed_same_stream_and_epoch_covers_every_step(loader_fn):
 
 def _num_steps():
   import tensorflow_datasets as tfds
-  b = tfds.builder_from_directory(str(builders.SAMPLE_DIR / builders.SAMPLE_DATASET / "1.0.0"))
+  b = tfds.builder_from_directory(str(configs.SAMPLE_DIR / configs.SAMPLE_DATASET / "1.0.0"))
   return sum(len(ep["steps"]) for ep in tfds.as_numpy(b.as_dataset(split="train")))
 
 
 @pytest.mark.parametrize("process_count", [2, 3])
 def test_processes_read_disjoint_episodes(loader_fn, process_count):
-  cfg = builders.sample_data_config(return_metadata=True, num_epochs=1, episodes_per_block=1, num_workers=1,
+  cfg = configs.sample_data(return_metadata=True, num_epochs=1, episodes_per_block=1, num_workers=1,
                                     prefetch=0)
   seen = []
   for p in range(process_count):
@@ -92,10 +92,10 @@ def test_processes_read_disjoint_episodes(loader_fn, process_count):
 
 def test_caches_do_not_change_the_stream(loader_fn):
   # 13 batches of 16 = 208 samples: the second epoch is served from the image and episode caches.
-  cfg = builders.sample_data_config(return_metadata=True, num_workers=2, prefetch=0)
+  cfg = configs.sample_data(return_metadata=True, num_workers=2, prefetch=0)
   off = {"image_cache_mb": 0, "episode_cache_mb": 0}
   on_loader = loader_fn(cfg, batch_size=16, action_horizon=4, shuffle=True, train=True, seed=3)
   off_loader = loader_fn({**cfg, **off}, batch_size=16, action_horizon=4, shuffle=True, train=True, seed=3)
   for _ in range(13):
     _assert_same(next(on_loader), next(off_loader))
-  assert on_loader._cache.used > 0 and off_loader._cache.used == 0  # pylint: disable=protected-access
+  assert on_loader._cache.used > 0 and off_loader._cache.used == 0

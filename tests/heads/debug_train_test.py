@@ -6,6 +6,8 @@ import importlib
 import numpy as np
 import pytest
 
+from apt_jax import configs
+from apt_jax import metrics
 from apt_jax import train
 
 STEPS = 300
@@ -28,7 +30,7 @@ def debug_config(module: str, arg: str, **overrides):
 
 
 def losses(workdir):
-  return np.array([r["loss"] for r in train.read_metrics(workdir) if "loss" in r])
+  return np.array([r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r])
 
 
 @pytest.mark.slow
@@ -49,6 +51,6 @@ def test_debug_config_trains_stage1_then_stage2(module, tmp_path):
 def test_debug_config_builds_and_round_trips_through_the_registry(module):
   from apt_jax.models import registry
   c = debug_config(module, "stage2")
-  model_config = train.model_config_from(c)
+  model_config = configs.model_config(c)
   assert registry.config_from_dict(registry.config_to_dict(model_config)) == model_config
   assert model_config.apt_stage == "stage2" and not model_config.vlm_trainable

@@ -1,30 +1,17 @@
 """π0 equals openpi's own run (../shared/testdata/openpi_pi0_tiny): internals, loss, gradients, sampling."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from apt_jax import checkpoints
+from apt_jax import testing
 from apt_jax import tree as tree_lib
 from apt_jax.models import model as _model
-from apt_jax.models import pi0
 
 TOL = {"f32": dict(atol=1e-4, rtol=0), "bf16": dict(atol=5e-2, rtol=2e-2)}
 DTYPE = {"f32": "float32", "bf16": "bfloat16"}
-
-
-def fixture_config(fixture_dir, dtype) -> pi0.Pi0Config:
-  """The Pi0Config of the fixture, read from its config.json (sizes are not hard-coded here)."""
-  c = json.loads((fixture_dir / "config.json").read_text())
-  p = c["pi0_config"]
-  return pi0.Pi0Config(
-      dtype=dtype, action_dim=p["action_dim"], action_horizon=p["action_horizon"], max_token_len=p["max_token_len"],
-      paligemma_variant=c["gemma_configs"][p["paligemma_variant"]],
-      action_expert_variant=c["gemma_configs"][p["action_expert_variant"]],
-      siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"])
 
 
 def fixture_obs(d) -> _model.Observation:
@@ -43,7 +30,7 @@ def params(openpi_fixture_dir):
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_internals_and_loss_match_openpi(openpi_fixture_dir, fixture_npz, params, dt):
   d = fixture_npz
-  model = fixture_config(openpi_fixture_dir, DTYPE[dt]).load(params)
+  model = testing.fixture_model_config(openpi_fixture_dir, DTYPE[dt]).load(params)
   loss, inter = jax.jit(lambda m, o: m.compute_loss_with_intermediates(
       jax.random.key(1234), o, d["in/actions"], noise=d[f"{dt}/internal/noise"], time=d[f"{dt}/internal/time"]))(
           model, fixture_obs(d))
@@ -59,7 +46,7 @@ def test_internals_and_loss_match_openpi(openpi_fixture_dir, fixture_npz, params
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_rng_path_draws_openpi_noise_and_time(openpi_fixture_dir, fixture_npz, params, dt):
   d = fixture_npz
-  model = fixture_config(openpi_fixture_dir, DTYPE[dt]).load(params)
+  model = testing.fixture_model_config(openpi_fixture_dir, DTYPE[dt]).load(params)
   loss = jax.jit(lambda m, o: m.compute_loss(jax.random.key(1234), o, d["in/actions"]))(model, fixture_obs(d))
   np.testing.assert_allclose(loss, d[f"{dt}/loss"], **TOL[dt])
 
@@ -67,7 +54,7 @@ def test_rng_path_draws_openpi_noise_and_time(openpi_fixture_dir, fixture_npz, p
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_gradient_norms_match_openpi(openpi_fixture_dir, fixture_npz, params, dt):
   d = fixture_npz
-  model = fixture_config(openpi_fixture_dir, DTYPE[dt]).load(params)
+  model = testing.fixture_model_config(openpi_fixture_dir, DTYPE[dt]).load(params)
   obs = fixture_obs(d)
 
   def loss_fn(p):
@@ -90,7 +77,7 @@ def test_gradient_norms_match_openpi(openpi_fixture_dir, fixture_npz, params, dt
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_sample_actions_match_openpi(openpi_fixture_dir, fixture_npz, params, dt):
   d = fixture_npz
-  model = fixture_config(openpi_fixture_dir, DTYPE[dt]).load(params)
+  model = testing.fixture_model_config(openpi_fixture_dir, DTYPE[dt]).load(params)
   sample = jax.jit(lambda m, o, n: m.sample_actions(jax.random.key(5678), o, noise=n))
   np.testing.assert_allclose(sample(model, fixture_obs(d), d["in/sample_noise"]), d[f"{dt}/sample_actions"],
                              **TOL[dt])
@@ -103,14 +90,14 @@ def test_sample_actions_with_bf16_params_matches_openpi_policy_path(openpi_fixtu
   d = fixture_npz
   params = checkpoints.restore_params(openpi_fixture_dir / "checkpoint" / "params", dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
-  model = fixture_config(openpi_fixture_dir, "bfloat16").load(params)
+  model = testing.fixture_model_config(openpi_fixture_dir, "bfloat16").load(params)
   actions = jax.jit(lambda m, o, n: m.sample_actions(jax.random.key(5678), o, noise=n))(
       model, fixture_obs(d), d["in/sample_noise"])
   np.testing.assert_allclose(actions, d["policy_path/sample_actions_bf16_params"], **TOL["bf16"])
 
 
 def test_load_rejects_mismatched_tree(openpi_fixture_dir, params):
-  cfg = fixture_config(openpi_fixture_dir, "float32")
+  cfg = testing.fixture_model_config(openpi_fixture_dir, "float32")
   flat = tree_lib.flatten(params)
   del flat["state_proj/bias"]
   flat["action_out_proj/kernel"] = np.zeros((3, 3), np.float32)

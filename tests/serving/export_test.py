@@ -10,8 +10,11 @@ import pytest
 from apt_jax import checkpoints
 from apt_jax import export
 from apt_jax import policy as _policy
+from apt_jax import policy_config as _policy_config
+from apt_jax import testing
 from apt_jax import tree as tree_lib
-from tests.serving.conftest import ASSET_ID, clone, tiny_config, write_checkpoint
+from apt_jax.testing import ASSET_ID
+from tests.serving.conftest import clone
 
 
 def _orbax_key_ranks(params_dir) -> dict:
@@ -71,11 +74,11 @@ def test_export_refuses_to_overwrite_and_casts(tiny_ckpt, tmp_path):
 
 
 def test_apt_stage2_export_carries_fusion_params(tmp_path, tiny_vocab, tiny_tokenizer_path):
-  config = tiny_config(tiny_vocab, apt_stage="stage2")
+  config = testing.tiny_pi0_config(tiny_vocab, apt_stage="stage2")
   rng = np.random.default_rng(1)  # random values of the right shapes: no need to compile init
   model = config.model_class()(config=config, params=jax.tree.map(
       lambda s: rng.standard_normal(s.shape).astype(s.dtype), config.abstract_params()))
-  src = write_checkpoint(tmp_path / "stage2" / "10", model, tiny_tokenizer_path)
+  src = testing.write_tiny_checkpoint(tmp_path / "stage2" / "10", model, tiny_tokenizer_path)
   out = tmp_path / "stage2_openpi"
   meta = export.export_openpi(src, out)
   assert meta["apt_stage"] == "stage2" and not meta["openpi_pi0_compatible"]
@@ -88,14 +91,8 @@ def test_apt_stage2_export_carries_fusion_params(tmp_path, tiny_vocab, tiny_toke
 
 def test_openpi_checkpoint_round_trips_through_export(openpi_fixture_dir, tmp_path):
   """An openpi checkpoint (no model_config.json) exports with an explicit model config and restores unchanged."""
-  c = json.loads((openpi_fixture_dir / "config.json").read_text())
-  p = c["pi0_config"]
   cfg_file = tmp_path / "fixture_model.json"
-  cfg_file.write_text(json.dumps({"head": "pi0", "config": dict(
-      action_dim=p["action_dim"], action_horizon=p["action_horizon"], max_token_len=p["max_token_len"],
-      paligemma_variant=c["gemma_configs"][p["paligemma_variant"]],
-      action_expert_variant=c["gemma_configs"][p["action_expert_variant"]],
-      siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"])}))
+  cfg_file.write_text(json.dumps({"head": "pi0", "config": testing.fixture_model_kwargs(openpi_fixture_dir)}))
   out = tmp_path / "reexport"
   meta = export.export_openpi(openpi_fixture_dir / "checkpoint", out, model_config=cfg_file)
   assert meta["openpi_pi0_compatible"]
@@ -106,12 +103,12 @@ def test_openpi_checkpoint_round_trips_through_export(openpi_fixture_dir, tmp_pa
 
 
 def test_export_with_experiment_config_writes_policy_config(tiny_ckpt, tmp_path):
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  import ml_collections
   exp = ml_collections.ConfigDict({
       "model": {"head": "pi0", "kwargs": {}}, "tokenizer_path": "", "asset_id": ASSET_ID,
       "data": {"datasets": [{"name": "d", "data_dir": "/x", "adapter": "droid"}], "delta_action_dims": 7,
                "use_quantile_norm": True}})
   out = tmp_path / "with_exp"
   export.export_openpi(tiny_ckpt, out, experiment_config=exp)
-  pc = _policy.read_policy_config(out)
+  pc = _policy_config.read_policy_config(out)
   assert (pc.env, pc.delta_action_dims, pc.use_quantile_norm, pc.asset_id) == ("droid", 7, True, ASSET_ID)

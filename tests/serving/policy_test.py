@@ -7,11 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from apt_jax import envs
 from apt_jax import policy as _policy
+from apt_jax import policy_config as _policy_config
 from apt_jax.data import normalize
 from apt_jax.data import transforms as data_transforms
-from apt_jax.policies import envs
-from tests.serving.conftest import ASSET_ID, clone
+from apt_jax.models.model import IMAGE_KEYS
+from apt_jax.testing import ASSET_ID
+from tests.serving.conftest import clone
 
 
 def test_infer_composes_openpi_transforms(tiny_policy, tiny_ckpt, rng):
@@ -38,7 +41,7 @@ def test_infer_composes_openpi_transforms(tiny_policy, tiny_ckpt, rng):
       "state": np.pad(norm_state, (0, cfg.action_dim - 8))[None].astype(np.float32),
       "tokenized_prompt": tokens[None], "tokenized_prompt_mask": tmask[None]}
   _, key = jax.random.split(jax.random.key(5))
-  raw = np.asarray(_policy._sample_actions(pol.model, key, data, None, num_steps=10))[0]  # pylint: disable=protected-access
+  raw = np.asarray(_policy.sample_actions_jit(pol.model, key, data, None, num_steps=10))[0]
   want = raw[:, :7] * (stats["actions"].std + 1e-6) + stats["actions"].mean
   want[:, :6] += state[:6]
   np.testing.assert_allclose(out["actions"], want, atol=1e-5, rtol=1e-5)
@@ -123,12 +126,12 @@ def test_droid_and_aloha_layouts(tiny_policy, rng, env, robot_dims):
   if env == "droid":
     np.testing.assert_allclose(state, np.concatenate([obs["observation/joint_position"],
                                                       obs["observation/gripper_position"]]), rtol=1e-6)
-    assert [bool(data["image_mask"][k][0]) for k in envs.IMAGE_KEYS] == [True, True, False]
+    assert [bool(data["image_mask"][k][0]) for k in IMAGE_KEYS] == [True, True, False]
   else:
     # ALOHA: cameras are (3, H, W); cam_low is accepted but unused (openpi); missing wrists become masked zeros.
     obs2 = dict(obs, images={k: v for k, v in obs["images"].items() if k != "cam_right_wrist"})
     d2, _ = pol.prepare(obs2)
-    assert [bool(d2["image_mask"][k][0]) for k in envs.IMAGE_KEYS] == [True, True, False]
+    assert [bool(d2["image_mask"][k][0]) for k in IMAGE_KEYS] == [True, True, False]
     assert not d2["image"]["right_wrist_0_rgb"].any()
     with pytest.raises(envs.InputError, match="images"):
       pol.prepare(dict(obs, images={"cam_top": obs["images"]["cam_high"]}))
@@ -168,11 +171,11 @@ def test_quantile_norm_and_no_delta(tiny_policy, rng):
 
 
 def test_policy_config_json_and_overrides(tiny_ckpt, tmp_path):
-  pc = _policy.read_policy_config(tiny_ckpt)
+  pc = _policy_config.read_policy_config(tiny_ckpt)
   assert pc.env == "libero" and pc.delta_action_dims == 6
-  assert _policy.PolicyConfig.from_json(json.loads(json.dumps(pc.to_json()))) == pc
+  assert _policy_config.PolicyConfig.from_json(json.loads(json.dumps(pc.to_json()))) == pc
   with pytest.raises(ValueError, match="bogus"):
-    _policy.PolicyConfig.from_json({"bogus": 1})
+    _policy_config.PolicyConfig.from_json({"bogus": 1})
   pol = _policy.create_trained_policy(tiny_ckpt, dtype=None, env="droid", delta_action_dims=0, num_steps=3)
   assert pol.metadata["env"] == "droid" and pol.metadata["action_dim"] == 8 and pol.num_steps == 3
   assert pol.metadata["param_dtype"] == "float32"
@@ -185,7 +188,7 @@ def test_openpi_checkpoint_needs_a_model_config(openpi_fixture_dir):
 
 def test_apt_stage1_policy_needs_no_prompt(tiny_policy, rng):
   """A Stage 1 (VA prior) model ignores language: no tokenizer, no prompt needed; metadata says stage1."""
-  import dataclasses  # pylint: disable=import-outside-toplevel
+  import dataclasses
   cfg = dataclasses.replace(tiny_policy.model.config, apt_stage="stage1", vlm_trainable=False)
   model = cfg.load(tiny_policy.model.params)
   pol = _policy.Policy(model, _policy.Transforms(env=tiny_policy.transforms.env), metadata={"apt_stage": "stage1"})

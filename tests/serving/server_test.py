@@ -22,8 +22,11 @@ from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client import websocket_client_policy as wcp
 from websockets.sync.client import connect
 
+from apt_jax import msgpack_numpy
 from apt_jax import serve
-from tests.serving.conftest import clone, running_server
+from apt_jax import testing
+from tests.serving.conftest import clone
+from tests.serving.conftest import running_server
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -57,12 +60,12 @@ def _expect_error(port, frame) -> tuple[str, int]:
 def test_wire_format_is_openpi_msgpack_numpy(rng):
   obj = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": {"c": np.arange(5, dtype=np.int64)},
          "s": "text", "g": np.float32(1.5), "img": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "l": [1, 2.0]}
-  assert serve.packb(obj) == openpi_msgpack.packb(obj)
-  back = serve.unpackb(openpi_msgpack.packb(obj))
+  assert msgpack_numpy.packb(obj) == openpi_msgpack.packb(obj)
+  back = msgpack_numpy.unpackb(openpi_msgpack.packb(obj))
   np.testing.assert_array_equal(back["a"], obj["a"])
   assert back["g"] == np.float32(1.5) and back["g"].dtype == np.float32 and back["l"] == [1, 2.0]
   with pytest.raises(ValueError, match="Unsupported dtype"):
-    serve.packb({"x": np.array([1 + 2j])})
+    msgpack_numpy.packb({"x": np.array([1 + 2j])})
 
 
 @pytest.mark.parametrize("frame, needle", [
@@ -77,8 +80,8 @@ def test_wire_format_is_openpi_msgpack_numpy(rng):
     (b"\xdf\xff\xff\xff\xff", "malformed msgpack"),
 ])
 def test_decoder_rejects_hostile_frames(frame, needle):
-  with pytest.raises(serve.RequestError, match=needle):
-    serve.unpackb(frame)
+  with pytest.raises(msgpack_numpy.RequestError, match=needle):
+    msgpack_numpy.unpackb(frame)
 
 
 def test_openpi_client_round_trip_equals_direct_policy(tiny_policy, rng):
@@ -86,7 +89,7 @@ def test_openpi_client_round_trip_equals_direct_policy(tiny_policy, rng):
   with running_server(clone(tiny_policy, 21)) as s:
     client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
     meta = client.get_server_metadata()
-    assert meta == {k: v for k, v in tiny_policy.metadata.items()}
+    assert meta == dict(tiny_policy.metadata)
     assert (meta["action_horizon"], meta["action_dim"], meta["apt_stage"]) == (4, 7, "none")
     env = tiny_policy.transforms.env
     requests = [env.example(rng, prompt="pick up the red block"),
@@ -104,7 +107,7 @@ def test_openpi_client_round_trip_equals_direct_policy(tiny_policy, rng):
     broker = action_chunk_broker.ActionChunkBroker(client, action_horizon=4)
     steps = [broker.infer(requests[0])["actions"] for _ in range(4)]
     assert all(a.shape == (7,) for a in steps)
-    client._ws.close()  # pylint: disable=protected-access
+    client._ws.close()
 
 
 def test_malformed_requests_error_while_another_client_is_served(server, tiny_policy, rng):
@@ -173,7 +176,7 @@ def test_concurrent_clients(server, tiny_policy):
     client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
     r = np.random.default_rng(i)
     outs = [client.infer(env.example(r))["actions"] for _ in range(3)]
-    client._ws.close()  # pylint: disable=protected-access
+    client._ws.close()
     return outs
 
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -197,7 +200,7 @@ def test_api_key(tiny_policy, rng):
     with urllib.request.urlopen(f"http://127.0.0.1:{s.port}/healthz", timeout=10) as r:
       assert r.status == 200
     assert s.stats["rejected"] == 2
-    client._ws.close()  # pylint: disable=protected-access
+    client._ws.close()
 
 
 def test_binds_localhost_by_default():
@@ -218,55 +221,49 @@ def test_cli_serves_a_checkpoint(tiny_ckpt, tmp_path, rng):
   key_file.write_text("cli-key\n")
   env = dict(os.environ, PYTHONPATH=str(REPO))
   env.pop(serve.API_KEY_ENV, None)
-  log = open(tmp_path / "server.log", "w")
-  proc = subprocess.Popen([sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(tiny_ckpt), "--port",
-                           str(port), "--api_key_file", str(key_file)], cwd=REPO, env=env, stdout=log,
-                          stderr=subprocess.STDOUT)
-  try:
-    deadline = time.monotonic() + 120
-    while True:
-      assert proc.poll() is None, (tmp_path / "server.log").read_text()
-      try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-          if r.status == 200:
-            break
-      except (urllib.error.URLError, ConnectionError, OSError):
-        pass
-      assert time.monotonic() < deadline, "server did not come up: " + (tmp_path / "server.log").read_text()
-      time.sleep(0.5)
-    client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=port, api_key="cli-key")
-    assert client.get_server_metadata()["env"] == "libero"
-    out = client.infer(client_obs := {"observation/image": np.zeros((224, 224, 3), np.uint8),
-                                      "observation/wrist_image": np.zeros((224, 224, 3), np.uint8),
-                                      "observation/state": np.zeros(8, np.float32), "prompt": "pick up the cup"})
-    assert out["actions"].shape == (4, 7) and client_obs
-    client._ws.close()  # pylint: disable=protected-access
-  finally:
-    proc.terminate()
+  with open(tmp_path / "server.log", "w") as log:
+    proc = subprocess.Popen([sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(tiny_ckpt), "--port",
+                             str(port), "--api_key_file", str(key_file)], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
-      proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait(timeout=10)
-    log.close()
+      deadline = time.monotonic() + 120
+      while True:
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        try:
+          with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            if r.status == 200:
+              break
+        except (urllib.error.URLError, ConnectionError, OSError):
+          pass
+        assert time.monotonic() < deadline, "server did not come up: " + (tmp_path / "server.log").read_text()
+        time.sleep(0.5)
+      client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=port, api_key="cli-key")
+      assert client.get_server_metadata()["env"] == "libero"
+      out = client.infer(client_obs := {"observation/image": np.zeros((224, 224, 3), np.uint8),
+                                        "observation/wrist_image": np.zeros((224, 224, 3), np.uint8),
+                                        "observation/state": np.zeros(8, np.float32), "prompt": "pick up the cup"})
+      assert out["actions"].shape == (4, 7) and client_obs
+      client._ws.close()
+    finally:
+      proc.terminate()
+      try:
+        proc.wait(timeout=20)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def test_serves_an_openpi_checkpoint(openpi_fixture_dir, tiny_tokenizer_path, tmp_path, rng):
   """openpi's own checkpoint (params + assets/<asset_id>/norm_stats.json, no model config) behind the server."""
-  from apt_jax import policy as _policy  # pylint: disable=import-outside-toplevel
-  c = json.loads((openpi_fixture_dir / "config.json").read_text())
-  p = c["pi0_config"]
+  from apt_jax import policy as _policy
+  model_kwargs = testing.fixture_model_kwargs(openpi_fixture_dir)
   cfg = tmp_path / "model.json"
-  cfg.write_text(json.dumps(dict(
-      action_dim=p["action_dim"], action_horizon=p["action_horizon"], max_token_len=p["max_token_len"],
-      paligemma_variant=c["gemma_configs"][p["paligemma_variant"]],
-      action_expert_variant=c["gemma_configs"][p["action_expert_variant"]],
-      siglip_variant=c["tiny_patches"]["siglip"], vocab_size=c["vocab_size"], dtype="bfloat16")))
+  cfg.write_text(json.dumps(dict(model_kwargs, dtype="bfloat16")))
   pol = _policy.create_trained_policy(openpi_fixture_dir / "checkpoint", model_config=cfg, head="pi0",
                                       tokenizer_path=tiny_tokenizer_path, delta_action_dims=6)
   assert pol.metadata["norm_stats"] == "physical-intelligence/libero" and pol.metadata["param_dtype"] == "bfloat16"
   with running_server(pol) as s:
     client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
     out = client.infer(pol.transforms.env.example(rng, prompt="put the bowl on the plate"))
-    assert out["actions"].shape == (p["action_horizon"], 7) and np.all(np.isfinite(out["actions"]))
-    client._ws.close()  # pylint: disable=protected-access
+    assert out["actions"].shape == (model_kwargs["action_horizon"], 7) and np.all(np.isfinite(out["actions"]))
+    client._ws.close()

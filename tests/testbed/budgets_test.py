@@ -5,7 +5,7 @@ trained once per seed and shared by every recipe and arm; the three controls; co
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
 from apt_jax.testbed import experiment as E
@@ -25,9 +25,9 @@ def run(tmp_path_factory):
   tok = _tokenizer.PaligemmaTokenizer(tok_path, max_len=cfg.size.max_token_len)
   calls = []
 
-  def fake_train(cfg_, name, kw, data, *, seed, steps, npz="", init_params=None, log):
+  def fake_train(cfg_, name, kw, data, *, seed, steps, npz="", init_params=None, cotrain=False, log):
     calls.append(dict(name=name, stage=kw["apt_stage"], ki=kw["knowledge_insulation"], steps=steps, data=data,
-                      init=init_params, npz=npz, batch=next(data)))
+                      cotrain=cotrain, init=init_params, npz=npz, batch=next(data)))
     return None, {"trained": name}
 
   mp = pytest.MonkeyPatch()
@@ -93,7 +93,7 @@ def test_cotraining_batches_only_for_ki_recipes(run):
   _, _, _, out = run
   for (arm, name), calls in out.items():
     main = calls[-1]
-    assert ("vl" in main["batch"]) == E.RECIPES[name].cotrain, name
+    assert ("vl" in main["batch"]) == main["cotrain"] == E.RECIPES[name].cotrain, name
     assert main["ki"] == E.RECIPES[name].ki
     if E.RECIPES[name].cotrain:
       vl = main["batch"]["vl"]

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import experiment
 from apt_jax.testbed import language as L
 from apt_jax.testbed import report

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import corpus
 from apt_jax.testbed import language as L
 

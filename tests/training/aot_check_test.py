@@ -1,11 +1,11 @@
 """The AOT check compiles the train step from shapes and reports per-device memory."""
 
+from apt_jax import configs
 from apt_jax.tools import aot_check
-from experiments import debug
 
 
 def test_aot_check_compiles_from_shapes_and_fsdp_shrinks_per_device_params():
-  config = debug.get_config("joint")
+  config = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", "joint")
   config.mesh.fsdp_devices = 4
   config.mesh.min_fsdp_mbytes = 0.0
   out = aot_check.aot_check(config)

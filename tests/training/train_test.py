@@ -3,22 +3,24 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from apt_jax import checkpoints
+from apt_jax import configs
+from apt_jax import metrics
 from apt_jax import optimizer as _optimizer
 from apt_jax import sharding as _sharding
+from apt_jax import testing
 from apt_jax import train
 from apt_jax import tree as tree_lib
+from apt_jax.data import batch as _batch
 from apt_jax.models import model as _model
-from experiments import debug
 
 
 def debug_config(arg="stage1", **overrides) -> ml_collections.ConfigDict:
-  c = debug.get_config(arg)
+  c = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", arg)
   c.progress_bar = False
   c.async_checkpoint = False
   c.num_train_steps = 4
@@ -33,25 +35,30 @@ def debug_config(arg="stage1", **overrides) -> ml_collections.ConfigDict:
 
 
 def fake_batches(model_config, n, batch_size=8):
-  data = train.FakeData(model_config, batch_size, seed=0)
+  data = _batch.FakeData(model_config, batch_size, seed=0)
   return [next(data) for _ in range(n)]
 
 
+def global_batch(local_batch, model_config, mesh):
+  spec = _batch.abstract_batch(model_config, len(local_batch["state"]), _sharding.data_sharding(mesh))
+  return _batch.to_global_batch(local_batch, spec)
+
+
 def run_steps(config, mesh, batches):
-  model_config = train.model_config_from(config)
+  model_config = configs.model_config(config)
   setup = train.make_setup(config, model_config, mesh)
-  state = train.init_train_state(config, setup, jax.random.key(0))
-  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b), out_shardings=(setup.state_shardings, None))
+  state = train.init_train_state(setup, jax.random.key(0))
+  step = setup.jit_train_step()
   losses = []
   for b in batches:
-    state, metrics = step(jax.random.key(1), state, train.to_global_batch(b, mesh))
+    state, metrics = step(jax.random.key(1), state, global_batch(b, model_config, mesh))
     losses.append((float(metrics["loss"]), float(metrics["grad_norm"])))
   return state, losses, setup
 
 
 def test_sharded_step_on_2x4_mesh_equals_single_device():
   config = debug_config("stage1", **{"mesh.min_fsdp_mbytes": 0.0, "mesh.fsdp_devices": 4})
-  batches = fake_batches(train.model_config_from(config), 2)
+  batches = fake_batches(configs.model_config(config), 2)
   mesh8 = _sharding.make_mesh(4)
   assert dict(mesh8.shape) == {"data": 2, "fsdp": 4}
   s8, l8, setup8 = run_steps(config, mesh8, batches)
@@ -68,22 +75,23 @@ def test_sharded_step_on_2x4_mesh_equals_single_device():
 def test_stage1_leaves_vlm_params_bit_identical_and_without_optimizer_state():
   config = debug_config("stage1")
   mesh = _sharding.make_mesh(1)
-  model_config = train.model_config_from(config)
+  model_config = configs.model_config(config)
   setup = train.make_setup(config, model_config, mesh)
-  state0 = train.init_train_state(config, setup, jax.random.key(0))
+  state0 = train.init_train_state(setup, jax.random.key(0))
   frozen0 = jax.tree.map(np.asarray, state0.frozen)
   trainable0 = jax.tree.map(np.asarray, state0.params)
   opt_keys = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state0.opt_state)}
   assert not any("PaliGemma']['img" in k or "input_embedding" in k for k in opt_keys)
   assert set(tree_lib.flatten(frozen0)) == {k for k in tree_lib.flatten(model_config.abstract_params())
                                             if _model.is_vlm_param(k)}
-  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b))
+  step = setup.jit_train_step(donate=False)
   state = state0
   for b in fake_batches(model_config, 2):
-    state, _ = step(jax.random.key(1), state, train.to_global_batch(b, mesh))
+    state, _ = step(jax.random.key(1), state, global_batch(b, model_config, mesh))
   for k, v in tree_lib.flatten(state.frozen).items():
     np.testing.assert_array_equal(np.asarray(v), tree_lib.flatten(frozen0)[k], err_msg=k)
-  assert any(np.any(np.asarray(v) != tree_lib.flatten(trainable0)[k]) for k, v in tree_lib.flatten(state.params).items())
+  assert any(np.any(np.asarray(v) != tree_lib.flatten(trainable0)[k])
+             for k, v in tree_lib.flatten(state.params).items())
 
 
 def _final_params(workdir, step):
@@ -108,8 +116,8 @@ def test_resume_gives_bit_identical_result(stage1_runs):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  la = {r["step"]: r["loss"] for r in train.read_metrics(straight)}
-  lb = {r["step"]: r["loss"] for r in train.read_metrics(resumed)}
+  la = {r["step"]: r["loss"] for r in metrics.read_metrics(straight)}
+  lb = {r["step"]: r["loss"] for r in metrics.read_metrics(resumed)}
   assert la == lb and sorted(la) == [0, 1, 2, 3]
   assert (straight / "loss.png").stat().st_size > 0
   assert (straight / "checkpoints" / "4" / "assets" / "libero_sample" / "norm_stats.json").exists()
@@ -119,16 +127,15 @@ def test_stage2_initialised_from_stage1_reproduces_stage1(stage1_runs):
   straight, _ = stage1_runs
   s1_params = checkpoints.restore_params(straight / "checkpoints" / "4" / "params", restore_type=np.ndarray)
   config = debug_config("stage2", init_from=str(straight))
-  s2_config = train.model_config_from(config)
+  s2_config = configs.model_config(config)
   setup = train.make_setup(config, s2_config, _sharding.make_mesh(1))
-  abstract = _optimizer.combine(setup.abstract_state.params, setup.abstract_state.frozen)
-  partial, restored, new = s2_config.stage2_partial_params(s1_params, abstract)
+  abstract = setup.abstract_params()
+  _, restored, new = s2_config.stage2_partial_params(s1_params, abstract)
   assert restored == sorted(tree_lib.flatten(s1_params)) and new and all("fusion_1" in k for k in new)
-  state = train.init_train_state(config, setup, jax.random.key(3), train.load_initial_params(config, s2_config,
-                                                                                              abstract))
+  state = train.init_train_state(setup, jax.random.key(3), train.load_initial_params(config, s2_config, abstract))
   s2 = s2_config.model_class()(config=s2_config, params=_optimizer.combine(state.params, state.frozen))
-  s1 = train.model_config_from(debug_config("stage1")).load(s1_params)
-  batch = train.FakeData(s2_config, 2, seed=5).__next__()
+  s1 = configs.model_config(debug_config("stage1")).load(s1_params)
+  batch = _batch.FakeData(s2_config, 2, seed=5).__next__()
   obs = _model.Observation.from_dict(batch)
   f = jax.jit(lambda m: (m.compute_loss(jax.random.key(0), obs, batch["actions"]),
                          m.sample_actions(jax.random.key(0), obs, num_steps=2)))
@@ -144,7 +151,7 @@ def test_init_from_rejects_mismatched_stage1(tmp_path, stage1_runs):
   bad = tmp_path / "bad_params"
   checkpoints.save_params(bad, tree_lib.unflatten(flat))
   config = debug_config("stage2", init_from=str(bad))
-  s2_config = train.model_config_from(config)
+  s2_config = configs.model_config(config)
   with pytest.raises(tree_lib.TreeMismatchError, match=r"state_proj/kernel: shape \(3, 3\)"):
     train.load_initial_params(config, s2_config, s2_config.abstract_params())
 
@@ -158,10 +165,8 @@ def test_nan_loss_stops_training_with_the_step(tmp_path):
 
 def test_optimizer_and_ema_reproduce_openpi_three_steps(openpi_fixture_dir, fixture_npz):
   """openpi's 3 training steps on the fixture (settings from its README): losses and grad norms; EMA by hand."""
-  from tests.models.pi0_parity_test import fixture_config
-
   d = fixture_npz
-  model_config = fixture_config(openpi_fixture_dir, "bfloat16")
+  model_config = testing.fixture_model_config(openpi_fixture_dir, "bfloat16")
   readme = json.loads((openpi_fixture_dir / "config.json").read_text())["train"]
   config = ml_collections.ConfigDict(dict(
       schedule=dict(kind="warmup_cosine", peak_lr=1e-3, warmup_steps=2, decay_steps=10, decay_lr=1e-4),
@@ -172,12 +177,12 @@ def test_optimizer_and_ema_reproduce_openpi_three_steps(openpi_fixture_dir, fixt
   # The model config is fixed by the fixture; make_setup builds the optimizer for it.
   setup = train.make_setup(config, model_config, mesh)
   params0 = checkpoints.restore_params(openpi_fixture_dir / "checkpoint" / "params", restore_type=np.ndarray)
-  state = train.init_train_state(config, setup, jax.random.key(0), params0)
+  state = train.init_train_state(setup, jax.random.key(0), params0)
   batch = {"image": {k: d[f"in/image/{k}"] for k in _model.IMAGE_KEYS},
            "image_mask": {k: d[f"in/image_mask/{k}"] for k in _model.IMAGE_KEYS},
            "state": d["in/state"], "tokenized_prompt": d["in/tokenized_prompt"],
            "tokenized_prompt_mask": d["in/tokenized_prompt_mask"], "actions": d["in/actions"]}
-  step = jax.jit(lambda r, s, b: train.train_step(setup.ctx, r, s, b))
+  step = setup.jit_train_step(donate=False)
   losses, grad_norms, trajectory = [], [], [tree_lib.flatten(params0)]
   for _ in range(3):
     state, metrics = step(jax.random.key(42), state, batch)
@@ -216,7 +221,7 @@ def test_weight_loaders_initialise_from_paligemma_npz_and_openpi_checkpoint(tmp_
   from apt_jax import weight_loaders
 
   config = debug_config("joint")
-  model_config = train.model_config_from(config)
+  model_config = configs.model_config(config)
   source = model_config.create(jax.random.key(7)).params
   weight_loaders.save_paligemma_npz(tmp_path / "pg.npz", source["PaliGemma"] | {
       "llm": tree_lib.unflatten({k: v for k, v in tree_lib.flatten(source["PaliGemma"]["llm"]).items()

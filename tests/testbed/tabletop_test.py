@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from apt_jax.envs import tabletop as T
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 
 
 def test_expert_succeeds_on_95_percent():

@@ -1,11 +1,52 @@
-"""Blocks shared by the experiment configs (big_vision style: each experiment is one `get_config(arg)` file)."""
+"""Blocks shared by the experiment configs (big_vision's `configs/common.py`): each experiment is one
+`experiments/<name>.py` with `get_config(arg)`, loaded by path (`--config experiments/x.py:arg`, `load`).
+
+`base_config()` lists every field the trainer reads, with its default; experiments override what they need.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
 
 import ml_collections
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO / "data" / "sample"
+from apt_jax.models import model as _model
+from apt_jax.models import registry
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"   # the shipped LIBERO-spec sample (data/README.md)
+SAMPLE_DATASET = "libero_sample"
+SAMPLE_TOKENIZER = SAMPLE_DIR / "tokenizer.model"
+SAMPLE_NORM_STATS = SAMPLE_DIR / "norm_stats.json"
 
 STAGES = ("stage1", "stage2", "joint")
+
+# The full-size VLM: PaliGemma 3B (gemma_2b + So400m/14) in bf16, with openpi's π0 LIBERO widths (32 action dims,
+# 48 prompt tokens).
+PALIGEMMA_3B = dict(dtype="bfloat16", paligemma_variant="gemma_2b", siglip_variant="So400m/14", action_dim=32,
+                    max_token_len=48)
+
+
+def load(spec: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` -> the file's `get_config(arg)`, as `--config` of `python -m apt_jax.train` reads it."""
+  path, _, spec_arg = str(spec).partition(":")
+  arg = arg if arg is not None else (spec_arg or None)
+  module_path = pathlib.Path(path)
+  if not module_path.exists():
+    raise FileNotFoundError(f"--config: {module_path} does not exist")
+  mod_spec = importlib.util.spec_from_file_location(f"_apt_experiment_{module_path.stem}", module_path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def model_config(config: ml_collections.ConfigDict) -> _model.BaseModelConfig:
+  """The head config of an experiment config's `model` block."""
+  kwargs = config.model.kwargs
+  return registry.create_config(config.model.get("head", "pi0"),
+                                **(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs or {})))
 
 
 def parse_stage(arg) -> str:
@@ -28,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "train"
   c.seed = 42
   c.model = ml_collections.ConfigDict({"head": "pi0", "kwargs": ml_collections.ConfigDict()})
-  c.data = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict()  # kind: rlds (apt_jax.data.config) | fake (random batches of the spec)
   c.tokenizer_path = ""
   c.asset_id = ""                  # norm stats go to <step>/assets/<asset_id>/norm_stats.json (openpi layout)
   c.batch_size = 32                # global
@@ -76,9 +117,9 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def sample_data(**overrides) -> ml_collections.ConfigDict:
   """The shipped LIBERO-spec sample dataset (data/sample), with openpi's pi0_libero data choices."""
   d = dict(kind="rlds",
-           datasets=[dict(name="libero_sample", data_dir=str(SAMPLE_DIR), adapter="libero", weight=1.0,
+           datasets=[dict(name=SAMPLE_DATASET, data_dir=str(SAMPLE_DIR), adapter="libero", weight=1.0,
                           split="train")],
-           norm_stats_path=str(SAMPLE_DIR / "norm_stats.json"), delta_action_dims=6, use_quantile_norm=False,
+           norm_stats_path=str(SAMPLE_NORM_STATS), delta_action_dims=6, use_quantile_norm=False,
            skip_bad_records=False, shuffle_buffer=1024)
   d.update(overrides)
   return ml_collections.ConfigDict(d)

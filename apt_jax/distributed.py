@@ -1,0 +1,13 @@
+"""Multi-process training: `jax.distributed.initialize` from the config's `distributed` block (one process per host;
+`num_processes` 1, the default, is a single-process run and initialises nothing)."""
+
+from __future__ import annotations
+
+import jax
+
+
+def initialize(config) -> None:
+  d = config.get("distributed")
+  if d and d.get("num_processes", 1) > 1:
+    jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                               process_id=d.process_id, local_device_ids=d.get("local_device_ids"))
