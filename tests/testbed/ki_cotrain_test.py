@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from apt_jax import configs
 from apt_jax import optimizer as _optimizer
+from apt_jax import sharding
 from apt_jax import train
 from apt_jax import tree as tree_lib
 from apt_jax.models import cotrain
@@ -22,10 +24,9 @@ def _setup(**kw):
   c = vla.train_config(vla.model_kwargs(SIZE, vocab_size=64, **kw), steps=2, batch_size=2, lr=1e-2, seed=0)
   c.optimizer.weight_decay = 0.0          # so params move only where a gradient reaches them
   c.schedule = dict(kind="constant", peak_lr=1e-2)
-  mc = train.model_config_from(c)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-  setup = train.make_setup(c, mc, mesh)
-  state = train.init_train_state(c, setup, jax.random.key(0))
+  mc = configs.model_config(c)
+  setup = train.make_setup(c, mc, sharding.make_mesh(1, devices=jax.devices()[:1]))
+  state = train.init_train_state(setup, jax.random.key(0))
   return mc, setup, state
 
 
