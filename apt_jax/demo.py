@@ -1,12 +1,14 @@
-"""`make demo`: the laptop-scale APT testbed, end to end on CPU (issue #7).
+"""`make demo`: testbed v2 end to end on CPU (docs/testbed_v2_protocol.md).
 
   python -m apt_jax.demo --config experiments/testbed_demo.py[:tiny] [--workdir out/demo] [--resume | --overwrite]
+  python -m apt_jax.demo --config experiments/testbed_full.py:shortcut --workdir out/testbed_v2 --resume
 
-Renders a 2-D tabletop (apt_jax/testbed/tabletop.py), pretrains a tiny PaliGemma on a synonym-rich corpus from the
-same renderer, trains the Table 2 recipes on single-template demonstrations, evaluates them closed-loop on the seen /
-paraphrase / compositional / task-perturbation splits, and writes results.{md,json,png} to the workdir
-(apt_jax/testbed/experiment.py). An existing workdir is never deleted silently (openpi's rule): `--resume` reuses
-what a run of the same config finished there, `--overwrite` deletes it first; without either the demo refuses.
+Pretrains a tiny PaliGemma per seed, gates it with linear probes (a VLM that cannot locate what the instruction names
+stops the run with a banner and exit status 1), trains the Table 2 recipes and controls on both data arms, evaluates
+them closed-loop on every split and writes results.jsonl (per episode), results.{md,json} (tables, the pre-registered
+endpoint), plots and a checkpoint per recipe (apt_jax/testbed/experiment.py). An existing workdir is never deleted
+silently (openpi's rule): `--resume` skips what is finished there, `--overwrite` deletes it first; without either
+the demo refuses.
 """
 
 from __future__ import annotations

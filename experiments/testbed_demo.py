@@ -1,7 +1,7 @@
 r"""Testbed v2, the reduced protocol that `make demo` runs: both arms, development seed 0, the primary recipes
 (π0 joint, KI, APT frozen, KI + 2-stage, 2-stage + VLM fine-tuning), fewer steps; the same VLM gate.
 
-  python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --overwrite   # == make demo
+  python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --resume   # == make demo
   python -m apt_jax.demo --config experiments/testbed_demo.py:tiny --workdir /tmp/tb_tiny --overwrite  # smoke size
 
 One seed gives no interval: the demo shows the pipeline and its direction, the full runs (testbed_full.py) decide.
