@@ -1,52 +1,16 @@
 """The APT paper's own action expert (layer-wise gated fusion), adapted to a PaliGemma backbone, with both stages.
 
-Sequence (paper §1.3): the expert self-attends over x = [VL stream ; action stream].
-  VL stream      vl0 = `vl_in`(VLM input embeddings): SigLIP tokens of each camera, then prompt embeddings.
-  Action stream  [state token ; AH noisy action tokens]; each token = MLP(Linear, LayerNorm, GELU, Linear) of the
-                 state / action, action tokens + a sinusoidal embedding of their index (as BayesVLA's `traj_time_pe`).
-  Time           SinusoidalPosEmb(W, temperature 1000) of the diffusion step -> Linear, SiLU, Linear; enters every
-                 layer through AdaRMSNorm on the action stream only (modulation Dense zero-initialised, giving
-                 scale, shift and a residual gate, as π0.5's adaRMS); the VL stream gets a plain RMSNorm.
-  Layer          pre-norm self-attention (fused QKV with bias, qk-RMSNorm, RoPE) and pre-norm FFN(W -> 2W, GELU);
-                 both streams share the weights. Then gated fusion on the VL stream only (paper §1.4):
-                   vl <- g ⊙ vl + (1 − g) ⊙ highway_j,  g = σ(gate[j]),  highway_j = `highway_j`(VLM hidden state
-                   tap j) (gate: [N, W] zeros, so g = 0.5 at init). As in the paper, the fusion after the last
-                   layer is dead (only action tokens are read out), so its highway and gate row get no gradient.
-  Output         final RMSNorm -> `action_out` (zero-initialised) on the AH action tokens.
-  Objective      the paper's DDIM (T = 100, squaredcos_cap_v2, ε-prediction, weighted L1, 20 DDIM steps) by default,
-                 or flow matching in π0's convention (net time t·T so the time embedding sees the same range).
+The expert self-attends over [VL stream ; action stream] (paper §1.3). The VL stream starts as the VLM's input
+embeddings and, after every layer, is mixed with one VLM hidden state ("tap") through a sigmoid gate (§1.4); the action
+stream is [state token ; AH noisy action tokens], conditioned on the diffusion time through AdaRMSNorm (π0.5's adaRMS,
+modulation zero at init). Objective: the paper's DDIM by default, or flow matching in π0's convention.
+Stage 1 trains N/2 `dilated` layers (actions see vision, not language) on the odd taps without a prompt; Stage 2
+interleaves N/2 new `full` layers on the even taps (AptExpertConfig). Left out: PRoPE (our observations carry no
+camera poses: RoPE on every head channel instead), end-effector position encodings, arm ids and action history (the
+robot state is the one history token).
 
-Masks (paper `prepare_attention_mask`): `full` — every query sees valid VL keys, action queries also see action keys,
-VL queries never see action keys. `dilated` — `full` minus vision/action -> language and language -> vision/action:
-language attends only to language, actions see only vision and actions.
-
-Stages (N = `expert_variant.depth`, the Stage 2 depth; N taps):
-  "stage1"  N/2 layers, all `dilated`; layer i fuses tap 2i+1 (odd taps). The prompt is dropped from the VLM and the
-            expert (numerically the same as the paper's masking: nothing downstream of a vision or action token can
-            see it). VLM frozen.
-  "stage2"  N layers: Stage 1 layer i becomes layer 2i+1 (`dilated`, fuses tap 2i+1); new layers take the even
-            places (`full`, fuse tap 2i, and carry `fusion_open` [W]: vl <- vl + open ⊙ (fused − vl)).
-            `stage2_params_from_stage1(..., init=)`:
-              "paper"       new layers random, open = 1 (exactly the paper's fusion). NB the paper's loader also
-                            re-initialises every Stage 1 param except the attention layers; we keep them all.
-              "preserving"  new layers' output projections (`out`, `ffn_out`) and `open` start at 0, so the new
-                            layers are the identity and the model equals Stage 1 at init.
-  "none"    N `full` layers, layer i fuses tap i (one-stage baseline).
-
-RoPE positions keep Stage 1 independent of the prompt: all vision tokens share id 0 (the paper gives the image tokens
-of a prompt one id), the action stream takes 1..1+AH, prompt tokens follow after it.
-
-Adaptation notes / left out:
-  - PRoPE (camera-pose projective encoding on half the head channels) is omitted: our observations carry no camera
-    extrinsics. Without it, RoPE is applied on all head channels of every layer.
-  - No end-effector `abs_pos_enc`, arm-id embeddings or history actions: the robot state is the one history token.
-  - VLM taps: the paper taps Qwen3-VL hidden states; here `vlm_taps[j]` indexes [input embeddings, layer 1 .. L
-    outputs] of Gemma (index 0 = embeddings). Default: round((j + 1)·L / N), spread over depth and ending at the
-    last layer (gemma_2b, N = 20: 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14, 15, 16, 17, 18).
-  - Gemma's residual stream grows with depth (embeddings are scaled by √D), so taps and inputs are RMS-normalised
-    (no parameters) before their projections; the paper projects Qwen hidden states directly.
-
-Letters: B batch, V VL tokens, A action-stream tokens (1 + AH), T = V + A, W expert width, N heads, H head dim.
+Letters: B batch, V VL tokens, A action-stream tokens (1 + AH), T = V + A, W expert width, N heads, H head dim,
+Dv VLM width, AH/AD action horizon/dim.
 """
 
 from __future__ import annotations
@@ -54,21 +18,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from apt_jax import tree as tree_lib
 from apt_jax.models import gemma as _gemma
+from apt_jax.models import layers
 from apt_jax.models import model as _model
+from apt_jax.models import objectives
 from apt_jax.models import variants as _variants
 from apt_jax.models import vlm as _vlm
 
 VISION, LANGUAGE, ACTION = 0, 1, 2
+Stage2Init = Literal["preserving", "paper"]
+_LAYER = re.compile(r"^layer_(\d+)/")
+_ZEROED_IN_PRESERVING = ("out/kernel", "out/bias", "ffn_out/kernel", "ffn_out/bias", "fusion_open")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,26 +64,41 @@ def get_expert_config(variant) -> ExpertConfig:
 
 def default_taps(vlm_depth: int, num_taps: int) -> tuple[int, ...]:
   """round((j + 1)·L / N) (halves up), j = 0..N−1: indices into [embeddings, layer 1 .. L outputs]."""
-  return tuple(int(math.floor((j + 1) * vlm_depth / num_taps + 0.5)) for j in range(num_taps))
+  return tuple(math.floor((j + 1) * vlm_depth / num_taps + 0.5) for j in range(num_taps))
 
 
 @dataclasses.dataclass(frozen=True)
-class AptExpertConfig(_vlm.FeatureHeadConfig):
-  """The paper's expert. Defaults: base size (768 / 12 heads, 20 layers), Ta = 32, DDIM, gemma_2b + So400m/14."""
+class AptExpertConfig(_model.VlaHeadConfig):
+  """The paper's expert. Defaults: base size (768 / 12 heads, 20 layers), Ta = 32, DDIM, gemma_2b + So400m/14.
+
+  Stages (N = `expert_variant.depth`, the Stage 2 depth, one VLM tap per layer):
+    "stage1"  N/2 layers, all `dilated`; layer i fuses tap 2i+1. The prompt is dropped from the VLM and the expert,
+              numerically the same as the paper's masking (nothing downstream of a vision or action token sees it).
+    "stage2"  N layers: Stage 1 layer i becomes layer 2i+1 (`dilated`, tap 2i+1); new `full` layers take the even
+              places (tap 2i) and mix their fused stream in through `fusion_open` [W]: vl <- vl + open ⊙ (fused − vl).
+    "none"    N `full` layers, layer i fuses tap i (the one-stage baseline).
+  """
 
   action_horizon: int = 32
-  objective: str = "ddim"
+  objective: objectives.ObjectiveName = "ddim"
   expert_variant: Any = "base"
-  vlm_taps: Any = None  # None: default_taps(VLM depth, N).
-  # How a Stage 2 model is initialised from Stage 1 (train.py `init_from`): "preserving" or "paper".
-  stage2_init: str = "preserving"
+  # Indices into [input embeddings, layer 1 .. L outputs] of the VLM (the paper taps Qwen3-VL). None: default_taps,
+  # spread over depth and ending at the last layer.
+  vlm_taps: Any = None
+  # Stage 2's new params from Stage 1 (train.py `init_from`):
+  #   "paper"       fresh, open = 1: the paper's fusion. (Its loader also re-initialises every Stage 1 param but the
+  #                 attention layers; we keep them all.)
+  #   "preserving"  the new layers' output projections (`out`, `ffn_out`) and `open` start at 0: the new layers are
+  #                 the identity and the model equals Stage 1 at init.
+  stage2_init: Stage2Init = "preserving"
 
-  flow_convention = "pi0"
+  # Stage 2's new layers take the even places, with the highways of the even taps.
+  stage2_new_params_regex = r"(layer|highway)_\d*[02468]/.*"
 
   def __post_init__(self):
     super().__post_init__()
     set_ = lambda k, v: object.__setattr__(self, k, v)
-    set_("expert_variant", get_expert_config(_vlm._freeze(self.expert_variant)))
+    set_("expert_variant", get_expert_config(self.expert_variant))
     e = self.expert_variant
     if e.depth % 2:
       raise ValueError(f"expert depth {e.depth} must be even (Stage 1 builds half of it)")
@@ -127,8 +109,7 @@ class AptExpertConfig(_vlm.FeatureHeadConfig):
     if len(taps) != e.depth or not all(0 <= t <= self.vlm_config.depth for t in taps):
       raise ValueError(f"vlm_taps={taps}: need {e.depth} indices in [0, {self.vlm_config.depth}]")
     set_("vlm_taps", taps)
-    if self.stage2_init not in ("preserving", "paper"):
-      raise ValueError(f"stage2_init={self.stage2_init!r}; expected 'preserving' or 'paper'")
+    _model.check_choice(self, "stage2_init", get_args(Stage2Init))
 
   @property
   def num_layers(self) -> int:
@@ -144,14 +125,15 @@ class AptExpertConfig(_vlm.FeatureHeadConfig):
   def is_new_stage2_layer(self, layer: int) -> bool:
     return self.apt_stage == "stage2" and layer % 2 == 0
 
-  def stage2_partial_params(self, stage1_params: dict, abstract_params: dict):
-    """train.py's Stage 1 -> Stage 2 hook: (partial params to merge over a fresh init, restored, new keys)."""
-    flat = tree_lib.flatten(abstract_params)
-    partial, restored, new = stage2_partial_from_stage1(stage1_params, flat, self.stage2_init)
-    partial = {k: np.asarray(v).astype(flat[k].dtype) for k, v in partial.items()}
-    return tree_lib.unflatten(partial), restored, new
+  def stage2_name(self, stage1_key: str) -> str:
+    """Stage 1 layer i is Stage 2 layer 2i+1; every other name is unchanged."""
+    return _LAYER.sub(lambda m: f"layer_{2 * int(m.group(1)) + 1}/", stage1_key)
 
-  def module(self) -> "AptExpertModule":
+  def stage2_zeroed(self, key: str) -> bool:
+    return (self.stage2_init == "preserving" and _LAYER.match(key) is not None
+            and key.split("/", 1)[1] in _ZEROED_IN_PRESERVING)
+
+  def module(self) -> AptExpertModule:
     return AptExpertModule(self)
 
   def model_class(self):
@@ -162,11 +144,16 @@ class AptExpertConfig(_vlm.FeatureHeadConfig):
 
 
 def sinusoidal_pos_emb(x, dim: int, temperature: float = 10000.0):
-  """BayesVLA/APT `SinusoidalPosEmb`: [sin, cos] of x·temperature^(−i/(half−1)). x [...] -> [..., dim]."""
+  """BayesVLA/APT `SinusoidalPosEmb`: [sin, cos] of x·temperature^(−j/(half−1)). x [...] -> [..., dim]."""
   half = dim // 2
-  freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(temperature) / (half - 1)))
-  emb = x.astype(jnp.float32)[..., None] * freqs
-  return jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
+  return layers.sinusoidal_embedding(x, jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(temperature) /
+                                                                                       (half - 1))))
+
+
+def rms_normalize(x, eps: float = 1e-6):
+  """Parameter-free RMS normalisation in float32 (for projecting raw Gemma residual streams)."""
+  x = x.astype(jnp.float32)
+  return x * jnp.reciprocal(jnp.sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps))
 
 
 def torch_linear_bias_init(key, shape, dtype=jnp.float32, *, fan_in: int):
@@ -220,7 +207,7 @@ class ExpertLayer(nn.Module):
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     q = _gemma.apply_rope(_gemma.RMSNorm(name="q_norm")(q)[0], positions) * c.head_dim**-0.5
     k = _gemma.apply_rope(_gemma.RMSNorm(name="k_norm")(k)[0], positions)
-    y = _gemma.dot_product_attention(q, k, v, mask[:, None], c.num_heads)
+    y = layers.dot_product_attention(q, k, v, mask[:, None], c.num_heads)
     y = nn.Dense(c.width, dtype=self.dtype, name="out")(y.reshape(*y.shape[:2], c.width))
     vl, act = residual(vl, act, y, act_gate)
 
@@ -230,10 +217,12 @@ class ExpertLayer(nn.Module):
     y = nn.Dense(c.width, dtype=self.dtype, name="ffn_out")(y)
     vl, act = residual(vl, act, y, act_gate)
 
-    # Gated fusion (VL stream only).
+    # Gated fusion of this layer's VLM tap into the VL stream (the paper's convex mix; g = 0.5 at init). After the
+    # last layer it is dead, as in the paper: only action tokens are read out.
     g = jax.nn.sigmoid(gate_logit.astype(jnp.float32))
     fused = (g * vl + (1 - g) * highway).astype(vl.dtype)
     if self.new_in_stage2:
+      # "preserving" starts open (and this layer's output projections) at 0: the new layer is then the identity.
       fusion_open = self.param("fusion_open", nn.initializers.ones_init(), (c.width,))
       fused = vl + (fusion_open * (fused - vl)).astype(vl.dtype)
     return fused, act
@@ -242,13 +231,13 @@ class ExpertLayer(nn.Module):
 # --- The head ----------------------------------------------------------------------------------------------------
 
 
-class AptExpertModule(nn.Module):
+class AptExpertModule(_model.VlaHeadModule):
   config: AptExpertConfig
 
   def setup(self):
     c = self.config
     e = c.expert_variant
-    self.PaliGemma = c.make_vlm()
+    self.PaliGemma = _vlm.from_config(c, return_hidden_states=True)
     self.vl_in = nn.Dense(e.width, dtype=c.dtype)
     self.highway = {str(j): nn.Dense(e.width, dtype=c.dtype) for j in self.tap_indices()}
     self.gate = self.param("gate", nn.initializers.zeros_init(), (e.depth, e.width))
@@ -270,12 +259,13 @@ class AptExpertModule(nn.Module):
     c = self.config
     if with_language is None:
       with_language = c.uses_language
-    prefix = self.PaliGemma.embed(obs, with_language=with_language, language_block=c.language_block)
-    hidden = self.PaliGemma(prefix)  # [L+1, B, V, Dv]; hidden[0] == prefix.tokens
+    prefix = self.PaliGemma.embed_prefix(obs, with_language=with_language, language_block=c.language_block)
+    hidden = self.PaliGemma.hidden_states(prefix)  # [L+1, B, V, Dv]; hidden[0] == prefix.tokens
     if c.stop_vlm_gradient:
       hidden = jax.lax.stop_gradient(hidden)
-    vl0 = self.vl_in(_vlm.rms_normalize(hidden[0]).astype(c.dtype))
-    highways = {j: self.highway[j](_vlm.rms_normalize(hidden[c.vlm_taps[int(j)]]).astype(c.dtype))
+    # Gemma's residual stream grows with depth (embeddings are scaled by √D): normalise what the projections read.
+    vl0 = self.vl_in(rms_normalize(hidden[0]).astype(c.dtype))
+    highways = {j: self.highway[j](rms_normalize(hidden[c.vlm_taps[int(j)]]).astype(c.dtype))
                 for j in self.highway}
     return {"vl0": vl0, "highways": highways, "mask": prefix.mask,
             "is_lang": jnp.broadcast_to(jnp.asarray(prefix.is_lang), prefix.mask.shape)}
@@ -284,7 +274,16 @@ class AptExpertModule(nn.Module):
 
   @staticmethod
   def masks_and_positions(vl_mask, is_lang, num_action_tokens: int):
-    """-> (full [B, T, T], dilated [B, T, T], positions [B, T]) over [VL ; action]."""
+    """-> (full [B, T, T], dilated [B, T, T], positions [B, T]) over [VL ; action] (the paper's
+    `prepare_attention_mask`).
+
+    full:     every query sees the valid VL keys; action queries also see the action keys, VL queries never do (the
+              VL stream does not depend on the noisy actions).
+    dilated:  full, minus vision/action -> language and language -> vision/action: language attends to language only,
+              the actions see only vision and actions (the VA prior).
+    RoPE positions keep the prior independent of the prompt: every vision token has id 0 (the paper gives all image
+    tokens one id), the action stream 1 .. A, and the prompt tokens follow after it.
+    """
     b = vl_mask.shape[0]
     kind = jnp.concatenate([jnp.where(is_lang, LANGUAGE, VISION),
                             jnp.full((b, num_action_tokens), ACTION)], axis=1)
@@ -324,88 +323,8 @@ class AptExpertModule(nn.Module):
     out, _ = self.final_norm(act[:, -c.action_horizon:])
     return self.action_out(out)
 
-  def predict(self, obs, x_t, net_time):
-    return self.denoise(obs, self.encode(obs), x_t, net_time)
-
-  def init_all(self, obs, actions):
-    """Touches every parameter (prompt embedding included) whatever the stage."""
-    return self.denoise(obs, self.encode(obs, with_language=True), actions, jnp.zeros(actions.shape[0]))
-
 
 @flax.struct.dataclass
-class AptExpert(_vlm.FeatureHeadModel):
-  """The APT expert model: `config` + `params`; compute_loss / sample_actions from FeatureHeadModel."""
+class AptExpert(_model.BaseModel):
+  """The APT expert model: `config` + `params`; compute_loss / sample_actions from BaseModel."""
 
-
-# --- Stage 1 -> Stage 2 --------------------------------------------------------------------------------------------
-
-_LAYER = re.compile(r"^layer_(\d+)/")
-_ZEROED_IN_PRESERVING = ("out/kernel", "out/bias", "ffn_out/kernel", "ffn_out/bias", "fusion_open")
-
-
-def stage1_to_stage2_name(key: str) -> str:
-  """Stage 1 layer i is Stage 2 layer 2i+1; every other name is unchanged."""
-  return _LAYER.sub(lambda m: f"layer_{2 * int(m.group(1)) + 1}/", key)
-
-
-def stage2_partial_from_stage1(stage1_params, stage2_shapes: dict, init: str = "preserving"):
-  """The Stage 1 -> Stage 2 mapping. stage2_shapes: "/"-joined Stage 2 key -> shape (or anything with .shape).
-
-  -> (flat partial params: Stage 1 params under Stage 2 names, plus zeros for the new layers' `out`, `ffn_out` and
-  `fusion_open` when init="preserving"; restored keys; new keys). Fails naming every Stage 1 param that does not fit.
-  """
-  if init not in ("preserving", "paper"):
-    raise ValueError(f"init={init!r}; expected 'preserving' or 'paper'")
-  shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else tuple(v)
-  flat1 = tree_lib.flatten(stage1_params)
-  mapped = {stage1_to_stage2_name(k): v for k, v in flat1.items()}
-  problems = [f"{k1} -> {k2}: " + ("missing" if k2 not in stage2_shapes else
-                                   f"{np.shape(v)} vs {shape(stage2_shapes[k2])}")
-              for k1, (k2, v) in zip(flat1, mapped.items())
-              if k2 not in stage2_shapes or np.shape(v) != shape(stage2_shapes[k2])]
-  if problems:
-    raise ValueError("Stage 1 params do not fit the Stage 2 tree:\n  " + "\n  ".join(problems[:20]))
-  new = sorted(set(stage2_shapes) - set(mapped))
-  partial = dict(mapped)
-  if init == "preserving":
-    for k in new:
-      if _LAYER.match(k) and k.split("/", 1)[1] in _ZEROED_IN_PRESERVING:
-        partial[k] = np.zeros(shape(stage2_shapes[k]), np.float32)
-  return partial, sorted(mapped), new
-
-
-def stage2_params_from_stage1(stage1_params, stage2_init_params, init: str = "preserving"):
-  """Merges Stage 1 params into a freshly initialised Stage 2 tree.
-
-  Every Stage 1 param is restored (layers renumbered i -> 2i+1); the even layers, the even taps' highways and
-  `fusion_open` are new. init="paper": the new params keep their fresh init (fusion_open = 1: the paper's fusion);
-  init="preserving": the new layers' `out`, `ffn_out` and `fusion_open` are zeroed so the model equals Stage 1.
-  Returns (params, restored_keys, new_keys) with Stage 2 names.
-  """
-  flat2 = tree_lib.flatten(stage2_init_params)
-  partial, restored, new = stage2_partial_from_stage1(stage1_params, flat2, init)
-  out = dict(flat2)
-  out.update({k: jnp.asarray(v, flat2[k].dtype) for k, v in partial.items()})
-  return tree_lib.unflatten(out), restored, new
-
-
-def param_count(config: AptExpertConfig) -> dict:
-  """Hand-computed parameter counts of the expert's parts (for the full-size shape test)."""
-  c, e = config, config.expert_variant
-  w, dv, ad = e.width, c.vlm_config.width, c.action_dim
-  dense = lambda i, o: i * o + o
-  layer = (dense(w, 3 * w) + dense(w, w) + dense(w, e.mlp_ratio * w) + dense(e.mlp_ratio * w, w)
-           + 2 * w + 2 * dense(w, 3 * w) + 2 * e.head_dim)
-  new_layers = e.depth // 2 if c.apt_stage == "stage2" else 0
-  num_taps = len({c.tap_index(i) for i in range(c.num_layers)})
-  token_mlp = lambda i: dense(i, w) + 2 * w + dense(w, w)
-  out = {
-      "attention_layers": c.num_layers * layer + new_layers * w,
-      "context_encoder": dense(dv, w) + num_taps * dense(dv, w),
-      "gate": e.depth * w,
-      "time_mlp": 2 * dense(w, w),
-      "token_mlps": token_mlp(c.action_dim) + token_mlp(ad),
-      "output": w + dense(w, ad),
-  }
-  out["head_total"] = sum(out.values())
-  return out

@@ -2,39 +2,33 @@
 
 Each expert has its own weights; their tokens are concatenated along the sequence inside every attention, so expert 0
 (the PaliGemma LLM) and expert 1 (the action expert) attend to each other through one mask. Parameter names are
-openpi's (itself big_vision's Gemma): expert 0 keeps the PaliGemma names, expert i > 0 gets a `_i` suffix.
+openpi's (itself big_vision's Gemma): expert 0 keeps the PaliGemma names, expert i > 0 gets a `_i` suffix. An expert
+with `fusion=True` (APT Stage 2) also gets a gated cross-attention sublayer in every layer (`FusionAttention`).
 
 Letters used in shapes and einsum strings:
   B: batch              T: query length       S: key length
   N: query heads        K: key/value heads    G: query heads per kv head (N = K·G)
   H: head dim           D: model width        F: MLP hidden width
   L: depth (layers)     V: vocabulary
-
-APT Stage 2 fusion (`fusion=True` on an expert config): after the shared self-attention, that expert's tokens read
-the *other experts'* keys and values of the same layer through a new cross-attention sublayer, masked by `fusion_mask`
-(e.g. language tokens only), and enter the residual through a learnable gate (tanh(α), α=0 at init, Flamingo-style,
-so a Stage 2 model reproduces its Stage 1 parent exactly at init).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apt_jax.models import layers
 from apt_jax.models import variants as _variants
 
 PALIGEMMA_VOCAB_SIZE = 257_152
-# Used by big_vision/gemma instead of -inf so that fully masked rows stay finite.
-BIG_NEG = -2.3819763e38
 
 FusionGate = Literal["tanh", "tanh_zero_proj", "sigmoid"]
-FUSION_GATES = ("tanh", "tanh_zero_proj", "sigmoid")
+FUSION_GATES = get_args(FusionGate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +61,6 @@ def get_config(variant: str | Config | dict) -> Config:
 def _name(name: str, i: int) -> str:
   # Expert 0 keeps the PaliGemma checkpoint names; the action expert gets `_1`, and so on.
   return name if i == 0 else f"{name}_{i}"
-
-
-def rms_norm(x, scale, eps=1e-6):
-  """x / rms(x) · (1 + scale), with the variance in float32; returns float32 (caller casts)."""
-  var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(var + eps) * (1 + scale)
 
 
 class RMSNorm(nn.Module):
@@ -141,22 +129,6 @@ class Einsum(nn.Module):
     return jnp.einsum(eqn, x, w.astype(x.dtype))
 
 
-def dot_product_attention(q, k, v, mask, num_kv_heads):
-  """q: [B, T, N, H] (already scaled), k/v: [B, S, K, H], mask: [B, 1, T, S] -> [B, T, N, H].
-
-  Logits and softmax in float32, probabilities cast back to the compute dtype (as openpi).
-  """
-  dtype = q.dtype
-  q = einops.rearrange(q, "B T (K G) H -> B T K G H", K=num_kv_heads)
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-  if mask.shape != (q.shape[0], 1, q.shape[1], k.shape[1]):
-    raise ValueError(f"Attention mask has shape {mask.shape}, want {(q.shape[0], 1, q.shape[1], k.shape[1])}")
-  logits = jnp.where(mask[:, :, None, :, :], logits, BIG_NEG)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-  encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
-  return einops.rearrange(encoded, "B T K G H -> B T (K G) H")
-
-
 class Attention(nn.Module):
   """Attention shared by the experts: per-expert projections, one softmax over the joint sequence."""
 
@@ -168,7 +140,6 @@ class Attention(nn.Module):
     for c in self.configs:
       if (c.head_dim, c.num_heads, c.num_kv_heads) != (c0.head_dim, c0.num_heads, c0.num_kv_heads):
         raise ValueError("All experts must share num_heads, num_kv_heads and head_dim")
-    dtype = next(x.dtype for x in xs if x is not None)
 
     qkvs = []
     for i, (x, c) in enumerate(zip(xs, self.configs)):
@@ -193,7 +164,7 @@ class Attention(nn.Module):
       k = jnp.concatenate([cache_k, k], axis=1)
       v = jnp.concatenate([cache_v, v], axis=1)
 
-    encoded = dot_product_attention(q, k, v, attn_mask, c0.num_kv_heads)
+    encoded = layers.dot_product_attention(q, k, v, attn_mask, c0.num_kv_heads)
     out, start = [], 0
     for i, (x, c) in enumerate(zip(xs, self.configs)):
       if x is None:
@@ -227,10 +198,8 @@ class FusionAttention(nn.Module):
     h, _ = RMSNorm(name="norm")(x)
     q = Einsum((c.num_heads, c.width, c.head_dim), _init(-2, -1, (0,)), name="q_einsum")("BTD,NDH->BTNH", h)
     q = apply_rope(q, positions) * c.head_dim**-0.5
-    enc = dot_product_attention(q, k, v, fusion_mask, c.num_kv_heads)
-    # Rows with no visible key (e.g. an empty prompt) would average all values; zero them instead.
-    any_visible = jnp.any(fusion_mask, axis=-1)[:, 0, :, None, None]
-    enc = jnp.where(any_visible, enc, 0).astype(dtype)
+    # A query with no visible key (an empty prompt) reads nothing, rather than the mean of every value.
+    enc = layers.dot_product_attention(q, k, v, fusion_mask, c.num_kv_heads, zero_empty_rows=True)
     if c.fusion_gate not in FUSION_GATES:
       raise ValueError(f"Unknown fusion_gate {c.fusion_gate!r}; expected one of {FUSION_GATES}")
     zero_proj = c.fusion_gate == "tanh_zero_proj"

@@ -1,40 +1,17 @@
 """GR00T-style action head (GR00T N1.5's DiT) on a PaliGemma backbone, with APT's two stages.
 
-Architecture (NVIDIA Isaac-GR00T `gr00t/model/action_head/{flow_matching_action_head,cross_attention_dit}.py`):
-  VL features   hidden state of VLM layer `vlm_layer` (+ the LLM's final RMSNorm) -> `vl_norm` (LayerNorm, N1.5's
-                "vlln") -> `vl_adapter`: `adapter_depth` pre-LN self-attention blocks (N1.5's `vl_self_attention`).
-  DiT input     [state token ; `num_future_tokens` learned tokens ; AH action tokens]:
-                state_encoder = MLP(S -> state_hidden -> W, ReLU); action_encoder = W1(a), concat sinusoidal
-                embedding of the time bucket, W2 + swish, W3; plus a learned position embedding over action steps.
-  DiT           `depth` blocks; even blocks cross-attend to the VL features, odd blocks self-attend; each block is
-                AdaLN(t) -> attention -> residual, LayerNorm -> GELU(tanh) FFN (4x) -> residual (no residual gates).
-                Timestep: sinusoid(256, flip_sin_to_cos, shift 1) of the bucket -> Linear, SiLU, Linear.
-  Output        AdaLN-modulated LayerNorm -> proj_out_2 (W -> output_dim) -> action_decoder MLP (-> AD); the loss
-                is on the last AH tokens.
-  Objective     flow matching in GR00T's convention (t=1 is data, Beta(1.5, 1) time sampling with s=0.999, t
-                discretised to 1000 buckets, 4 Euler steps 0 -> 1) or the paper's DDIM (net time = k·1000/T).
+From NVIDIA Isaac-GR00T `gr00t/model/action_head/{flow_matching_action_head,cross_attention_dit}.py`: the VL features
+(VLM layer `vlm_layer`, LayerNorm, `adapter_depth` self-attention blocks) condition a DiT over [state token ;
+`num_future_tokens` learned tokens ; AH action tokens], whose even blocks cross-attend to them and odd blocks
+self-attend, all modulated by the timestep (AdaLN). Objective: flow matching in GR00T's convention or the paper's DDIM.
+APT (the paper describes the idea only; this port): "stage1" drops the prompt; "stage2" brings it back through a
+gated language block after every cross-attention block, while the inherited blocks still see the images only.
+Left out: embodiment-specific (`CategorySpecific*`) weights (one embodiment), dropout, FLARE, and GR00T's Eagle
+backbone (PaliGemma instead: its 2048-d features match N1.5's `backbone_embedding_dim`). The cross-attention honours
+the VL padding mask (GR00T ignores it).
 
-APT stages (paper §1.7 describes only the idea; this port):
-  "none"    plain GR00T: the VLM sees [images ; prompt] (prefix-LM), the adapter and every cross-attention see all
-            VL tokens.
-  "stage1"  VA prior: the prompt is dropped (VLM, adapter and cross-attention see the images only); VLM frozen.
-  "stage2"  + VLA likelihood: the prompt is back. Inside the VLM and the adapter, image tokens never attend to it, so
-            the vision features equal Stage 1's. The inherited cross-attention blocks still see vision tokens only;
-            after every cross-attention block a new gated block (`lang_block_i`: AdaLN -> cross-attention to the
-            language tokens, LayerNorm -> FFN, each added through tanh(α), α=0 at init, Flamingo-style) reads the
-            prompt. At init Stage 2 therefore equals Stage 1 exactly; Stage 1 params are a strict subset by name.
-
-Left out: embodiment-specific (`CategorySpecific*`) weights (one embodiment; the action encoder's init differs, see
-ActionEncoder), dropout, GR00T's Eagle backbone
-(PaliGemma instead; its 2048-d features match N1.5's `backbone_embedding_dim`), FLARE. The DiT's
-cross-attention honours the VL padding mask (GR00T ignores it). `vlm_layer` < depth still runs every VLM layer
-(GR00T pops the unused ones).
-
-VLM layer: N1.5 reads layer 12 of Qwen3-1.7B's 28 (≈0.43 depth, hidden_states[12]); the APT paper's GR00T-style port
-conditions on the final VLM layer. The default here is the last layer (18 of gemma_2b's 18), as in the paper;
-`vlm_layer=8` is the N1.5-like proportional choice.
-
-Letters: B batch, P VL tokens, T DiT tokens (1 + F + AH), W DiT width, Dv VLM width, AH/AD action horizon/dim.
+Letters: B batch, P VL tokens, T DiT tokens (1 + F + AH), F future tokens, W DiT width, Dv VLM width, AH/AD action
+horizon/dim.
 """
 
 from __future__ import annotations
@@ -48,8 +25,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from apt_jax import tree as tree_lib
-from apt_jax.models import gemma as _gemma
+from apt_jax.models import layers
 from apt_jax.models import model as _model
 from apt_jax.models import variants as _variants
 from apt_jax.models import vlm as _vlm
@@ -87,20 +63,23 @@ def get_dit_config(variant) -> DiTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Gr00tConfig(_vlm.FeatureHeadConfig):
+class Gr00tConfig(_model.VlaHeadConfig):
   """GR00T-style head. Defaults: N1.5 sizes, H=16, gemma_2b + So400m/14, 4 Euler steps."""
 
   action_horizon: int = 16
   dit_variant: Any = "n1.5"
-  vlm_layer: int | None = None  # None: the last layer.
+  # Which hidden state the DiT reads (0: the input embeddings). None: the last layer, as the APT paper's GR00T-style
+  # port; N1.5 reads layer 12 of Qwen3-1.7B's 28, so 8 is the proportional choice for gemma_2b. Every layer runs
+  # either way (GR00T pops the unused ones).
+  vlm_layer: int | None = None
 
   flow_convention = "gr00t"
-  # Stage 2 adds only the gated language blocks (train.py's `init_from` restores everything else by name).
+  # Stage 2 adds only the gated language blocks; their tanh gates start at 0, so Stage 2 starts at Stage 1.
   stage2_new_params_regex = r"lang_blocks_\d+/.*"
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(self, "dit_variant", get_dit_config(_vlm._freeze(self.dit_variant)))
+    object.__setattr__(self, "dit_variant", get_dit_config(self.dit_variant))
     if self.vlm_layer is None:
       object.__setattr__(self, "vlm_layer", self.vlm_config.depth)
     if not 0 <= self.vlm_layer <= self.vlm_config.depth:
@@ -111,7 +90,7 @@ class Gr00tConfig(_vlm.FeatureHeadConfig):
       raise ValueError(f"VLM width {self.vlm_config.width} not divisible by adapter_num_heads "
                        f"{self.dit_variant.adapter_num_heads}")
 
-  def module(self) -> "Gr00tModule":
+  def module(self) -> Gr00tModule:
     return Gr00tModule(self)
 
   def model_class(self):
@@ -138,11 +117,8 @@ class Attention(nn.Module):
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
     split = lambda y: y.reshape(*y.shape[:-1], self.num_heads, self.head_dim)
     q, k, v = split(dense(inner, "to_q")(x)), split(dense(inner, "to_k")(ctx)), split(dense(inner, "to_v")(ctx))
-    logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32) * self.head_dim**-0.5
-    logits = jnp.where(mask[:, None], logits, _gemma.BIG_NEG)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BNTS,BSNH->BTNH", probs, v)
-    out = jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0)
+    out = layers.dot_product_attention(q, k, v, mask[:, None], self.num_heads, logits_scale=self.head_dim**-0.5,
+                                       zero_empty_rows=True)
     return dense(x.shape[-1], "to_out")(out.reshape(*out.shape[:2], inner))
 
 
@@ -191,7 +167,8 @@ class DiTBlock(nn.Module):
 
 
 class LanguageBlock(nn.Module):
-  """APT Stage 2: gated cross-attention to the language tokens, then a gated FFN (tanh gates, zero at init)."""
+  """APT Stage 2: cross-attention to the language tokens, then an FFN, each added through tanh(α) with α = 0 at init
+  (Flamingo): the block starts as the identity, so Stage 2 starts exactly at Stage 1."""
 
   config: DiTConfig
   dtype: str
@@ -224,20 +201,17 @@ class AdapterBlock(nn.Module):
     return x + FeedForward(self.dtype, name="ff")(h)
 
 
-def timestep_proj(t, channels: int = 256):
+def timestep_proj(t, channels: int):
   """diffusers `Timesteps(channels, flip_sin_to_cos=True, downscale_freq_shift=1)`. t [B] -> [B, channels]."""
   half = channels // 2
-  exponent = -math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1)
-  emb = t.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None]
-  return jnp.concatenate([jnp.cos(emb), jnp.sin(emb)], axis=-1)
+  return layers.sinusoidal_embedding(
+      t, jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1)), cos_first=True)
 
 
 def sinusoidal_encoding(t, dim: int):
-  """GR00T's `SinusoidalPositionalEncoding` of the action encoder: [sin, cos] with 10000^(-i/half). t [...]."""
+  """GR00T's `SinusoidalPositionalEncoding` of the action encoder: [sin, cos] at 10000^(−j/half). t [...]."""
   half = dim // 2
-  exponent = -jnp.arange(half, dtype=jnp.float32) * (math.log(10000.0) / half)
-  freqs = t.astype(jnp.float32)[..., None] * jnp.exp(exponent)
-  return jnp.concatenate([jnp.sin(freqs), jnp.cos(freqs)], axis=-1)
+  return layers.sinusoidal_embedding(t, jnp.exp(-jnp.arange(half, dtype=jnp.float32) * (math.log(10000.0) / half)))
 
 
 class TimestepEncoder(nn.Module):
@@ -289,13 +263,13 @@ class ActionEncoder(nn.Module):
 # --- The head ----------------------------------------------------------------------------------------------------
 
 
-class Gr00tModule(nn.Module):
+class Gr00tModule(_model.VlaHeadModule):
   config: Gr00tConfig
 
   def setup(self):
     c = self.config
     d = c.dit_variant
-    self.PaliGemma = c.make_vlm()
+    self.PaliGemma = _vlm.from_config(c, return_hidden_states=True)
     self.vl_norm = nn.LayerNorm(epsilon=1e-5, dtype=c.dtype)
     self.vl_adapter = [AdapterBlock(d.adapter_num_heads, c.dtype) for _ in range(d.adapter_depth)]
     self.state_encoder = Mlp2(d.state_hidden, d.width, c.dtype)
@@ -318,18 +292,20 @@ class Gr00tModule(nn.Module):
     c = self.config
     if with_language is None:
       with_language = c.uses_language
-    prefix = self.PaliGemma.embed(obs, with_language=with_language, language_block=c.language_block)
-    hidden = self.PaliGemma(prefix)[c.vlm_layer]
+    prefix = self.PaliGemma.embed_prefix(obs, with_language=with_language, language_block=c.language_block)
+    hidden = self.PaliGemma.hidden_states(prefix)[c.vlm_layer]
     feats = self.PaliGemma.final_norm(hidden)
     if c.stop_vlm_gradient:
       feats = jax.lax.stop_gradient(feats)
     x = self.vl_norm(feats.astype(c.dtype))
-    # Images never see the prompt in the APT stages (prefix-LM mask with the prompt as a new block).
+    # The VLM's own mask: in Stage 2 the prompt is a block of its own, so the image features, here as in the VLM, are
+    # those of Stage 1.
     adapter_mask = _vlm.make_attn_mask(prefix.mask, prefix.ar)
     for block in self.vl_adapter:
       x = block(x, adapter_mask)
     is_lang = jnp.asarray(prefix.is_lang)[None]
     if c.apt_stage == "stage2":
+      # The inherited cross-attention keeps reading the images only; the language blocks read the prompt.
       return {"vl": x, "mask": prefix.mask & ~is_lang, "lang_mask": prefix.mask & is_lang}
     return {"vl": x, "mask": prefix.mask}
 
@@ -343,7 +319,7 @@ class Gr00tModule(nn.Module):
     return net_time
 
   def denoise(self, obs: _model.Observation, context, x_t, net_time):
-    """-> prediction [B, AH, AD] (velocity a − ε for flow, ε for DDIM)."""
+    """-> prediction [B, AH, AD] (velocity a − ε for flow, ε for DDIM) from the DiT's last AH tokens."""
     c = self.config
     context, state = _vlm.broadcast_batch((context, obs.state), x_t.shape[0])
     bucket = self._bucket(net_time)
@@ -363,63 +339,7 @@ class Gr00tModule(nn.Module):
     x = self.proj_out_2(self.norm_out(x) * (1 + scale[:, None]) + shift[:, None])
     return self.action_decoder(x)[:, -c.action_horizon:]
 
-  def predict(self, obs, x_t, net_time):
-    return self.denoise(obs, self.encode(obs), x_t, net_time)
-
-  def init_all(self, obs, actions):
-    """Touches every parameter (prompt embedding included) whatever the stage."""
-    context = self.encode(obs, with_language=True)
-    return self.denoise(obs, context, actions, jnp.zeros(actions.shape[0]))
-
 
 @flax.struct.dataclass
-class Gr00t(_vlm.FeatureHeadModel):
-  """GR00T-style model: `config` + `params`; compute_loss / sample_actions from FeatureHeadModel."""
-
-
-def param_count(config: Gr00tConfig) -> dict:
-  """Hand-computed parameter counts of the head's parts (for the full-size shape test)."""
-  c, d = config, config.dit_variant
-  w, dv, ad, ah = d.width, c.vlm_config.width, c.action_dim, c.action_horizon
-  dense = lambda i, o: i * o + o
-  attn = lambda dq, dkv, inner: dense(dq, inner) + 2 * dense(dkv, inner) + dense(inner, dq)
-  ff = lambda x: dense(x, 4 * x) + dense(4 * x, x)
-  ada = dense(w, 2 * w)
-  cross = ada + attn(w, dv, w) + ff(w)
-  self_ = ada + attn(w, w, w) + ff(w)
-  out = {
-      "vl_norm": 2 * dv,
-      "vl_adapter": d.adapter_depth * (2 * 2 * dv + attn(dv, dv, dv) + ff(dv)),
-      "state_encoder": dense(c.action_dim, d.state_hidden) + dense(d.state_hidden, w),
-      "action_encoder": dense(ad, w) + dense(2 * w, w) + dense(w, w),
-      "embeddings": ah * w + d.num_future_tokens * w,
-      "timestep_encoder": dense(d.time_channels, w) + dense(w, w),
-      "dit_blocks": d.depth // 2 * (cross + self_),
-      "output": dense(w, 2 * w) + dense(w, d.output_dim) + dense(d.output_dim, d.output_dim) + dense(d.output_dim, ad),
-  }
-  if c.apt_stage == "stage2":
-    out["lang_blocks"] = d.depth // 2 * (cross + 2)
-  out["head_total"] = sum(out.values())
-  return out
-
-
-def _check_subset(stage1_params, stage2_params) -> list[str]:
-  """Stage 1 param names and shapes are a strict subset of Stage 2's; returns the new (Stage 2 only) keys."""
-  s1, s2 = tree_lib.shapes(stage1_params), tree_lib.shapes(stage2_params)
-  bad = [k for k in s1 if s2.get(k) != s1[k]]
-  if bad:
-    raise ValueError(f"Stage 1 params missing or mis-shaped in Stage 2: {bad[:10]}")
-  return sorted(set(s2) - set(s1))
-
-
-def stage2_params_from_stage1(stage1_params, stage2_init_params, init: str = "preserving"):
-  """Stage 2 params: every Stage 1 param restored by name, the language blocks new (gates 0 => equals Stage 1).
-
-  Returns (params, restored_keys, new_keys). Both `init`s give the same tree here: the new blocks keep their fresh
-  random weights and their tanh gates start at 0, so the output equals Stage 1's at init either way.
-  """
-  if init not in ("preserving", "paper"):
-    raise ValueError(f"init={init!r}; expected 'preserving' or 'paper'")
-  new = _check_subset(stage1_params, stage2_init_params)
-  return tree_lib.merge(stage2_init_params, stage1_params), sorted(tree_lib.flatten(stage1_params)), new
-
+class Gr00t(_model.BaseModel):
+  """GR00T-style model: `config` + `params`; compute_loss / sample_actions from BaseModel."""

@@ -1,27 +1,15 @@
-"""Training objectives and samplers shared by the action heads: flow matching (two time conventions) and DDIM.
+"""Training objectives and samplers of the action heads: flow matching (two time conventions) and DDIM.
 
-Every objective talks to a head through one function, `denoise(x_t, net_time) -> prediction [B, AH, AD]`, and
-decides what `net_time` ([B] float) is; each head turns it into its own time embedding:
+An objective corrupts actions at a time it draws (`sample_time`, `training_inputs`), scores the head's prediction
+(`loss`) and samples by calling the head's `denoise(x_t, net_time) -> prediction [B, AH, AD]` (`sample`). `net_time`
+[B] is what the head embeds:
 
-  objective              prediction     net_time given to the head                 sampler (default steps)
-  FlowMatching("pi0")    u = ε − a      t ∈ (0, 1], t=1 noise (openpi)             Euler 1 → 0 (10)
-  FlowMatching("gr00t")  v = a − ε      discretised bucket ⌊t·1000⌋, t=1 data     Euler 0 → 1 (4)
-  Ddim                   ε              integer step k ∈ {0..T−1}, k large = noisy  DDIM, η=0 (20)
+  objective              prediction     net_time                                     sampler (default steps)
+  FlowMatching("pi0")    u = ε − a      t ∈ (0, 1], t=1 noise (openpi)               Euler 1 → 0 (10)
+  FlowMatching("gr00t")  v = a − ε      bucket ⌊t·1000⌋, t=1 data (GR00T N1.5)       Euler 0 → 1 (4)
+  Ddim                   ε              step k ∈ {0..T−1}, k large = noisy (APT)      DDIM, η=0 (20)
 
-Flow matching (openpi): x_t = t·ε + (1−t)·a, t = Beta(1.5, 1)·0.999 + 0.001; MSE.
-Flow matching (GR00T N1.5, `flow_matching_action_head.py`): t = (s − Beta(1.5, 1))/s with s = 0.999, so t ∈ [−0.001, 1]
-  with most mass near 0 (noise); x_t = (1−t)·ε + t·a; the network sees ⌊t·1000⌋ (truncated toward zero, as torch's
-  `.long()`); MSE. Sampling: t_i = i/K, bucket int(t_i·1000) computed in float64 as GR00T's Python loop does.
-DDIM (the paper's head, diffusers `DDIMScheduler`): T = 100 training steps, `squaredcos_cap_v2` betas, ε-prediction,
-  k uniform over {0..T−1}, x_k = √ᾱ_k·a + √(1−ᾱ_k)·ε; L1 loss with per-dimension-group weights (APT:
-  30·L1(pos) + 10·L1(rot6d) + 10·L1(gripper)). Sampling: diffusers defaults ("leading" spacing, steps_offset 0,
-  set_alpha_to_one=True, η=0) with clip_sample=False: k = 95, 90, …, 0 for 20 steps.
-  NB: DDIM needs E[ε | x_k], but an L1 loss trains the per-dimension posterior *median*. For multimodal actions the
-  two differ and the samples are biased: on the 2-D mixture of tests/heads (weights 0.3 / 0.7) the L1-optimal
-  denoiser moves the sample mean 0.35 toward the heavier mode (objectives_test.py); `loss_kind="l2"` (DDPM's usual
-  loss) has no such bias.
-
-Letters: B batch, AH action horizon, AD action dim.
+Letters: B batch (*b: any batch shape), AH action horizon, AD action dim, T diffusion steps.
 """
 
 from __future__ import annotations
@@ -29,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +25,8 @@ import numpy as np
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 ObjectiveName = Literal["flow", "ddim"]
+FlowConvention = Literal["pi0", "gr00t"]
+DdimLoss = Literal["l1", "l2"]
 
 
 def group_weights(loss_weights: Sequence[tuple[int, float]], action_dim: int) -> np.ndarray:
@@ -60,11 +50,22 @@ def group_weights(loss_weights: Sequence[tuple[int, float]], action_dim: int) ->
   return w
 
 
+def normalize_loss_weights(loss_weights) -> tuple:
+  """ml_collections/JSON lists -> a hashable tuple of (num_dims, weight) pairs."""
+  return tuple((int(g[0]), float(g[1])) for g in (loss_weights or ()))
+
+
 @dataclasses.dataclass(frozen=True)
 class FlowMatching:
-  """Rectified-flow matching with openpi's ("pi0") or GR00T's ("gr00t") time convention."""
+  """Rectified-flow matching with openpi's ("pi0") or GR00T's ("gr00t") time convention; MSE loss.
 
-  convention: Literal["pi0", "gr00t"] = "pi0"
+  pi0 (openpi): t = Beta(1.5, 1)·0.999 + 0.001, x_t = t·ε + (1−t)·a.
+  gr00t (`flow_matching_action_head.py`): t = (s − Beta(1.5, 1))/s with s = 0.999, so t ∈ [−0.001, 1] with most mass
+  near 0 (noise); x_t = (1−t)·ε + t·a; the network sees ⌊t·1000⌋ (truncated toward zero, as torch's `.long()`).
+  Sampling at t_i = i/K; GR00T's buckets int(t_i·1000) are computed in float64, as its Python loop does.
+  """
+
+  convention: FlowConvention = "pi0"
   num_steps: int | None = None  # None: 10 for "pi0", 4 for "gr00t".
   beta_alpha: float = 1.5
   beta_beta: float = 1.0
@@ -72,8 +73,8 @@ class FlowMatching:
   num_buckets: int = 1000  # GR00T's `num_timestep_buckets`.
 
   def __post_init__(self):
-    if self.convention not in ("pi0", "gr00t"):
-      raise ValueError(f"flow convention {self.convention!r}; expected 'pi0' or 'gr00t'")
+    if self.convention not in get_args(FlowConvention):
+      raise ValueError(f"flow convention {self.convention!r}; expected one of {get_args(FlowConvention)}")
 
   @property
   def default_steps(self) -> int:
@@ -82,6 +83,7 @@ class FlowMatching:
     return 10 if self.convention == "pi0" else 4
 
   def sample_time(self, rng, batch_shape) -> jax.Array:
+    """The continuous t of this convention [*b]."""
     b = jax.random.beta(rng, self.beta_alpha, self.beta_beta, batch_shape)
     if self.convention == "pi0":
       return b * 0.999 + 0.001
@@ -92,20 +94,15 @@ class FlowMatching:
       return t
     return jnp.trunc(t * self.num_buckets)
 
-  def training_inputs(self, rng, actions, *, noise=None, time=None):
-    """-> (x_t, net_time [B], target). `time` is the continuous t of this convention."""
-    noise_rng, time_rng = jax.random.split(rng)
-    if noise is None:
-      noise = jax.random.normal(noise_rng, actions.shape)
-    if time is None:
-      time = self.sample_time(time_rng, actions.shape[:-2])
+  def training_inputs(self, actions, noise, time):
+    """actions, noise [*b, AH, AD]; time: the continuous t [*b] -> (x_t, net_time [*b], target)."""
     t = time[..., None, None]
     if self.convention == "pi0":
       return t * noise + (1 - t) * actions, self.net_time(time), noise - actions
     return (1 - t) * noise + t * actions, self.net_time(time), actions - noise
 
   def loss(self, prediction, target) -> jax.Array:
-    """MSE over AD -> [B, AH]."""
+    """MSE over AD -> [*b, AH]."""
     return jnp.mean(jnp.square(prediction - target), axis=-1)
 
   def sample(self, denoise: Denoiser, noise, num_steps: int | None = None) -> jax.Array:
@@ -126,23 +123,37 @@ class FlowMatching:
     return jax.lax.fori_loop(0, k, body, noise)
 
 
-def squaredcos_cap_v2_alphas_cumprod(num_train_steps: int, max_beta: float = 0.999) -> np.ndarray:
+def squaredcos_cap_v2_alphas_cumprod(diffusion_steps: int, max_beta: float = 0.999) -> np.ndarray:
   """ᾱ_k, k = 0..T−1, of diffusers' `betas_for_alpha_bar` with the cosine schedule (Nichol & Dhariwal)."""
   alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-  betas = np.array([min(1 - alpha_bar((i + 1) / num_train_steps) / alpha_bar(i / num_train_steps), max_beta)
-                    for i in range(num_train_steps)], np.float64)
+  betas = np.array([min(1 - alpha_bar((i + 1) / diffusion_steps) / alpha_bar(i / diffusion_steps), max_beta)
+                    for i in range(diffusion_steps)], np.float64)
   return np.cumprod(1.0 - betas)
 
 
 @dataclasses.dataclass(frozen=True)
 class Ddim:
-  """DDPM training with ε-prediction and a weighted L1 loss; deterministic DDIM sampling."""
+  """DDPM training with ε-prediction, deterministic DDIM sampling (the APT paper's head, diffusers' `DDIMScheduler`).
+
+  Training: k uniform over {0..T−1}, x_k = √ᾱ_k·a + √(1−ᾱ_k)·ε with `squaredcos_cap_v2` betas; the L1 loss is
+  group-weighted (APT: 30·L1(pos) + 10·L1(rot6d) + 10·L1(gripper)). Sampling: diffusers' defaults ("leading" spacing,
+  steps_offset 0, set_alpha_to_one=True, η=0) with clip_sample=False: k = 95, 90, …, 0 for 20 steps.
+  NB: DDIM needs E[ε | x_k], but an L1 loss trains the per-dimension posterior *median*. For multimodal actions the
+  two differ and the samples are biased: on the 2-D mixture of tests/heads (weights 0.3 / 0.7) the L1-optimal
+  denoiser moves the sample mean 0.35 toward the heavier mode (objectives_test.py); `ddim_loss="l2"` (DDPM's usual
+  loss) has no such bias.
+  """
 
   action_dim: int
-  num_train_steps: int = 100
+  diffusion_steps: int = 100  # T
   num_steps: int | None = None  # None: 20.
   loss_weights: tuple = ()
-  loss_kind: Literal["l1", "l2"] = "l1"  # the paper: L1
+  ddim_loss: DdimLoss = "l1"  # the paper: L1
+
+  def __post_init__(self):
+    if self.ddim_loss not in get_args(DdimLoss):
+      raise ValueError(f"ddim_loss={self.ddim_loss!r}; expected 'l1' (the paper) or 'l2'")
+    group_weights(self.loss_weights, self.action_dim)  # Fails on groups that do not fit, naming them.
 
   @property
   def default_steps(self) -> int:
@@ -150,35 +161,34 @@ class Ddim:
 
   @property
   def alphas_cumprod(self) -> np.ndarray:
-    return squaredcos_cap_v2_alphas_cumprod(self.num_train_steps).astype(np.float32)
+    return squaredcos_cap_v2_alphas_cumprod(self.diffusion_steps).astype(np.float32)
 
-  def training_inputs(self, rng, actions, *, noise=None, time=None):
-    """-> (x_k, net_time = k as float [B], target = ε). `time` is the integer step k."""
-    noise_rng, time_rng = jax.random.split(rng)
-    if noise is None:
-      noise = jax.random.normal(noise_rng, actions.shape)
-    if time is None:
-      time = jax.random.randint(time_rng, actions.shape[:-2], 0, self.num_train_steps)
+  def sample_time(self, rng, batch_shape) -> jax.Array:
+    """The integer step k [*b]."""
+    return jax.random.randint(rng, batch_shape, 0, self.diffusion_steps)
+
+  def training_inputs(self, actions, noise, time):
+    """actions, noise [*b, AH, AD]; time: the integer step k [*b] -> (x_k, net_time = k as float, target = ε)."""
     ac = jnp.asarray(self.alphas_cumprod)[time][..., None, None]
     x = jnp.sqrt(ac) * actions + jnp.sqrt(1 - ac) * noise
     return x, jnp.asarray(time, jnp.float32), noise
 
   def loss(self, prediction, target) -> jax.Array:
-    """Group-weighted L1 (or squared error) over AD -> [B, AH]."""
+    """Group-weighted L1 (or squared error) over AD -> [*b, AH]."""
     w = jnp.asarray(group_weights(self.loss_weights, self.action_dim))
-    err = jnp.abs(prediction - target) if self.loss_kind == "l1" else jnp.square(prediction - target)
+    err = jnp.abs(prediction - target) if self.ddim_loss == "l1" else jnp.square(prediction - target)
     return jnp.sum(err * w, axis=-1)
 
   def timesteps(self, num_steps: int | None = None) -> np.ndarray:
     """diffusers' "leading" spacing: (arange(S) · T//S) reversed."""
     s = num_steps or self.default_steps
-    if not 0 < s <= self.num_train_steps:
-      raise ValueError(f"DDIM num_steps={s} must be in [1, {self.num_train_steps}]")
-    return (np.arange(s) * (self.num_train_steps // s))[::-1].astype(np.int32)
+    if not 0 < s <= self.diffusion_steps:
+      raise ValueError(f"DDIM num_steps={s} must be in [1, {self.diffusion_steps}]")
+    return (np.arange(s) * (self.diffusion_steps // s))[::-1].astype(np.int32)
 
   def sample(self, denoise: Denoiser, noise, num_steps: int | None = None) -> jax.Array:
     steps = self.timesteps(num_steps)
-    ratio = self.num_train_steps // len(steps)
+    ratio = self.diffusion_steps // len(steps)
     ac = self.alphas_cumprod
     a_t = ac[steps]
     a_prev = np.array([ac[k - ratio] if k - ratio >= 0 else 1.0 for k in steps], np.float32)  # set_alpha_to_one.
@@ -193,26 +203,4 @@ class Ddim:
     return jax.lax.fori_loop(0, len(steps), body, noise)
 
 
-def make(name: ObjectiveName, *, flow_convention: str, action_dim: int, num_steps: int | None = None,
-         loss_weights: Sequence = (), num_train_steps: int = 100, ddim_loss: str = "l1"):
-  """The objective a head config asks for."""
-  if name == "flow":
-    return FlowMatching(convention=flow_convention, num_steps=num_steps)
-  if name == "ddim":
-    return Ddim(action_dim=action_dim, num_train_steps=num_train_steps, num_steps=num_steps,
-                loss_weights=tuple(tuple(g) for g in loss_weights), loss_kind=ddim_loss)
-  raise ValueError(f"objective={name!r}; expected 'flow' or 'ddim'")
-
-
-def validate(name: str, loss_weights: Sequence, action_dim: int, ddim_loss: str = "l1") -> None:
-  """Config-time checks (so a bad config fails at construction, not inside jit)."""
-  if name not in ("flow", "ddim"):
-    raise ValueError(f"objective={name!r}; expected 'flow' or 'ddim'")
-  if ddim_loss not in ("l1", "l2"):
-    raise ValueError(f"ddim_loss={ddim_loss!r}; expected 'l1' (the paper) or 'l2'")
-  group_weights(tuple(tuple(g) for g in loss_weights), action_dim)
-
-
-def normalize_loss_weights(loss_weights) -> tuple:
-  """ml_collections/JSON lists -> a hashable tuple of (num_dims, weight) pairs."""
-  return tuple((int(g[0]), float(g[1])) for g in (loss_weights or ()))
+Objective = FlowMatching | Ddim

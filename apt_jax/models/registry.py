@@ -1,6 +1,6 @@
 """Action heads by name, and model configs to/from JSON (so a checkpoint can rebuild its model alone).
 
-Every head's config is a frozen dataclass subclassing BaseModelConfig; choosing a head is one config field
+Every head's config is a frozen dataclass subclassing model.VlaHeadConfig; choosing a head is one config field
 (`model.head`). Heads register themselves lazily here, so adding one does not touch the others.
 """
 
@@ -21,14 +21,14 @@ HEADS = {
 }
 
 
-def config_class(head: str) -> type[_model.BaseModelConfig]:
+def config_class(head: str) -> type[_model.VlaHeadConfig]:
   if head not in HEADS:
     raise ValueError(f"Unknown model head {head!r}; known: {sorted(HEADS)}")
   module, cls = HEADS[head].split(":")
   return getattr(importlib.import_module(module), cls)
 
 
-def head_name(config: _model.BaseModelConfig) -> str:
+def head_name(config: _model.VlaHeadConfig) -> str:
   for name, path in HEADS.items():
     module, cls = path.split(":")
     if type(config).__module__ == module and type(config).__name__ == cls:
@@ -44,11 +44,11 @@ def _to_jsonable(x: Any):
   return x
 
 
-def config_to_dict(config: _model.BaseModelConfig) -> dict:
+def config_to_dict(config: _model.VlaHeadConfig) -> dict:
   return {"head": head_name(config), "config": _to_jsonable(config)}
 
 
-def config_from_dict(d: dict) -> _model.BaseModelConfig:
+def config_from_dict(d: dict) -> _model.VlaHeadConfig:
   """Inverse of config_to_dict. Unknown fields raise, naming them."""
   if "head" not in d or "config" not in d:
     raise ValueError(f"Model config JSON needs 'head' and 'config'; got keys {sorted(d)}")
@@ -60,16 +60,16 @@ def config_from_dict(d: dict) -> _model.BaseModelConfig:
   return cls(**d["config"])
 
 
-def create_config(head: str, **kwargs) -> _model.BaseModelConfig:
+def create_config(head: str, **kwargs) -> _model.VlaHeadConfig:
   """From an ml_collections `config.model` block: `create_config(config.model.head, **config.model.kwargs)`."""
   return config_from_dict({"head": head, "config": kwargs})
 
 
-def save_config(path, config: _model.BaseModelConfig) -> None:
+def save_config(path, config: _model.VlaHeadConfig) -> None:
   with open(path, "w") as f:
     json.dump(config_to_dict(config), f, indent=1)
 
 
-def load_config(path) -> _model.BaseModelConfig:
+def load_config(path) -> _model.VlaHeadConfig:
   with open(path) as f:
     return config_from_dict(json.load(f))

@@ -3,11 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import param_counts
 import pytest
+from heads_common import config
+from heads_common import grads
+from heads_common import loss_and_actions
+from heads_common import make_obs
+from heads_common import perturb
 
 from apt_jax import tree as tree_lib
 from apt_jax.models import apt_expert
-from heads_common import config, grads, loss_and_actions, make_obs, perturb
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +22,9 @@ def stage1():
 
 
 def stage2_from(stage1_model, init):
-  fresh = config("apt_expert", "stage2").create(jax.random.key(1))
-  params, restored, new = apt_expert.stage2_params_from_stage1(stage1_model.params, fresh.params, init=init)
-  return fresh.replace(params=params), restored, new
+  fresh = config("apt_expert", "stage2", stage2_init=init).create(jax.random.key(1))
+  partial, restored, new = fresh.config.stage2_partial_params(stage1_model.params, fresh.params)
+  return fresh.replace(params=tree_lib.merge(fresh.params, partial)), restored, new
 
 
 def test_masks():
@@ -94,7 +99,7 @@ def test_expansion_rejects_a_mismatched_tree(stage1):
   other = config("apt_expert", "stage2", expert_variant=dict(width=64, num_heads=2, depth=4)).create(
       jax.random.key(1))
   with pytest.raises(ValueError, match="do not fit"):
-    apt_expert.stage2_params_from_stage1(stage1.params, other.params)
+    other.config.stage2_partial_params(stage1.params, other.params)
 
 
 def test_frozen_vlm_gets_zero_gradient_and_expert_does_not(stage1):
@@ -111,6 +116,6 @@ def test_frozen_vlm_gets_zero_gradient_and_expert_does_not(stage1):
 
 def test_param_counts(stage1):
   head = lambda m: sum(np.size(v) for k, v in tree_lib.flatten(m.params).items() if not k.startswith("PaliGemma/"))
-  assert head(stage1) == apt_expert.param_count(stage1.config)["head_total"]
+  assert head(stage1) == param_counts.apt_expert_head(stage1.config)
   s2, _, _ = stage2_from(stage1, "paper")
-  assert head(s2) == apt_expert.param_count(s2.config)["head_total"]
+  assert head(s2) == param_counts.apt_expert_head(s2.config)

@@ -10,6 +10,7 @@ VLM (shared by every head): PaliGemma = gemma_2b (width 2048, 18 layers, MLP 163
 """
 
 import numpy as np
+import param_counts
 import pytest
 
 from apt_jax import tree as tree_lib
@@ -40,7 +41,7 @@ def test_gr00t_n15_full_size(stage):
   # (proj_out_1, proj_out_2, decoder) 7 377 952 => 761 719 840. Stage 2 adds 8 language blocks of 34 619 906
   # (a cross block + 2 gates).
   want = 761_719_840 + (8 * 34_619_906 if stage == "stage2" else 0)
-  assert head == want == gr00t.param_count(config)["head_total"]
+  assert head == want == param_counts.gr00t_head(config)
   assert flat["blocks_0/attn1/to_k/kernel"].shape == (2048, 1536)  # cross-attends to the 2048-d VL features
   assert flat["blocks_1/attn1/to_k/kernel"].shape == (1536, 1536)
   assert flat["vl_adapter_3/attn1/to_q/kernel"].shape == (2048, 2048)
@@ -60,7 +61,7 @@ def test_apt_expert_base_full_size(stage):
   layers = 10 * 8_269_184 if stage == "stage1" else 20 * 8_269_184 + 10 * 768
   context = (11 if stage == "stage1" else 21) * 1_573_632
   want = layers + context + 15_360 + 1_181_184 + 2 * 617_472 + 25_376
-  assert head == want == apt_expert.param_count(config)["head_total"]
+  assert head == want == param_counts.apt_expert_head(config)
   assert sum(k.endswith("/qkv/kernel") for k in flat) == (10 if stage == "stage1" else 20)
   assert flat["gate"].shape == (20, 768) and flat["layer_0/qkv/kernel"].shape == (768, 2304)
   print(f"apt_expert {stage}: VLM {llm + img:,} + head {head:,} = {llm + img + head:,}")
@@ -77,7 +78,7 @@ def test_pi0_ddim_has_the_same_params_as_flow():
 def test_stage2_expansion_at_full_size_without_allocation():
   """The 2i+1 remapping type-checks on abstract trees (ShapeDtypeStructs) of the full-size model."""
   s1 = apt_expert.AptExpertConfig(apt_stage="stage1").abstract_params()
-  s2 = apt_expert.AptExpertConfig(apt_stage="stage2").abstract_params()
-  _, restored, new = apt_expert.stage2_partial_from_stage1(s1, tree_lib.flatten(s2), init="paper")
+  s2_config = apt_expert.AptExpertConfig(apt_stage="stage2", stage2_init="paper")
+  _, restored, new = s2_config.stage2_partial_params(s1, s2_config.abstract_params())
   assert len([k for k in new if k.endswith("/qkv/kernel")]) == 10
   assert "layer_19/qkv/kernel" in restored and "layer_18/qkv/kernel" in new

@@ -19,10 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from heads_common import config
+from heads_common import make_obs
+from objectives_test import mixture_moments
+from objectives_test import moments_error
+from objectives_test import sample_mixture
 
 from apt_jax import tree as tree_lib
-from heads_common import config, make_obs
-from objectives_test import mixture_moments, moments_error, sample_mixture
 
 # name: (head, config overrides, batch, training steps, sampling steps, max |mean error|, max rel. covariance error)
 CASES = {

@@ -3,11 +3,15 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import param_counts
 import pytest
+from heads_common import config
+from heads_common import grads
+from heads_common import loss_and_actions
+from heads_common import make_obs
+from heads_common import perturb
 
 from apt_jax import tree as tree_lib
-from apt_jax.models import gr00t
-from heads_common import config, grads, loss_and_actions, make_obs, perturb
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +22,10 @@ def stage1():
 @pytest.fixture(scope="module")
 def stage2(stage1):
   fresh = config("gr00t", "stage2").create(jax.random.key(1))
-  params, restored, new = gr00t.stage2_params_from_stage1(stage1.params, fresh.params)
+  partial, restored, new = fresh.config.stage2_partial_params(stage1.params, fresh.params)
   assert set(restored) == set(tree_lib.flatten(stage1.params))
   assert new and all(k.startswith("lang_blocks_") for k in new), new
-  return fresh.replace(params=params)
+  return fresh.replace(params=tree_lib.merge(fresh.params, partial))
 
 
 def test_stage1_is_invariant_to_the_prompt(stage1):
@@ -64,8 +68,8 @@ def test_param_tree_and_counts(stage1, stage2):
   flat = tree_lib.flatten(stage1.params)
   assert "PaliGemma/llm/layers/attn/q_einsum/w" in flat and "PaliGemma/img/embedding/kernel" in flat
   head = lambda m: sum(np.size(v) for k, v in tree_lib.flatten(m.params).items() if not k.startswith("PaliGemma/"))
-  assert head(stage1) == gr00t.param_count(stage1.config)["head_total"]
-  assert head(stage2) == gr00t.param_count(stage2.config)["head_total"]
+  assert head(stage1) == param_counts.gr00t_head(stage1.config)
+  assert head(stage2) == param_counts.gr00t_head(stage2.config)
 
 
 def test_frozen_vlm_gets_zero_gradient_and_head_does_not(stage1):

@@ -177,7 +177,7 @@ def test_stage2_prefix_lm_lets_images_read_the_prompt(stage1):
 
 
 def _prefix_ar(model):
-  return model._apply(pi0.Pi0Module.embed_prefix, make_obs()).ar  # noqa: SLF001
+  return model.apply(pi0.Pi0Module.embed_prefix, make_obs()).ar
 
 
 def test_stage2_prefix_mask_is_validated():

@@ -9,6 +9,7 @@ import pytest
 
 from apt_jax import tree as tree_lib
 from apt_jax.models import gemma
+from apt_jax.models import layers
 from apt_jax.models import siglip
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def test_dot_product_attention_gqa_matches_numpy():
   mask[:, :, 0] = True
   mask[0, :, 2] = False  # A key that no query may see.
   mask[1, 3, :] = False  # A query that sees no key (openpi: uniform weights, finite output).
-  out = gemma.dot_product_attention(jnp.asarray(q), jnp.asarray(key), jnp.asarray(v), jnp.asarray(mask)[:, None],
+  out = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(key), jnp.asarray(v), jnp.asarray(mask)[:, None],
                                     num_kv_heads=k)
   assert out.shape == (b, t, n, h)
   np.testing.assert_allclose(np.asarray(out), np_attention(q, key, v, mask), rtol=1e-5, atol=1e-5)
@@ -156,7 +157,7 @@ def test_dot_product_attention_gqa_matches_numpy():
   # The fully masked key has no influence on batch element 0.
   v2 = v.copy()
   v2[0, 2] += 100.0
-  out2 = gemma.dot_product_attention(jnp.asarray(q), jnp.asarray(key), jnp.asarray(v2), jnp.asarray(mask)[:, None],
+  out2 = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(key), jnp.asarray(v2), jnp.asarray(mask)[:, None],
                                      num_kv_heads=k)
   np.testing.assert_array_equal(np.asarray(out2)[0], np.asarray(out)[0])
 
@@ -165,7 +166,7 @@ def test_dot_product_attention_rejects_bad_mask_shape():
   q = jnp.zeros((1, 2, 2, 4))
   kv = jnp.zeros((1, 3, 1, 4))
   with pytest.raises(ValueError, match="mask"):
-    gemma.dot_product_attention(q, kv, kv, jnp.ones((1, 1, 2, 2), bool), num_kv_heads=1)
+    layers.dot_product_attention(q, kv, kv, jnp.ones((1, 1, 2, 2), bool), num_kv_heads=1)
 
 
 def test_feed_forward_matches_numpy_gelu_tanh():

@@ -36,7 +36,7 @@ def test_dummy_variant_gives_256_tokens_for_224_images():
   model = siglip.Module(siglip.get_config("dummy"), num_classes=48)
   image = jax.ShapeDtypeStruct((3, 224, 224, 3), jnp.float32)
   params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)
-  out = jax.eval_shape(lambda p, x: model.apply(p, x), params, image)
+  out = jax.eval_shape(model.apply, params, image)
   assert out.shape == (3, (224 // 14) ** 2, 48)
 
 
@@ -55,7 +55,7 @@ def test_so400m_shapes_match_openpi():
   assert flat["head/kernel"] == (1152, 2048)
   # Params stay float32 with a bfloat16 compute dtype; tokens come out in the compute dtype.
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(params))
-  out = jax.eval_shape(lambda p, x: model.apply(p, x), params, image)
+  out = jax.eval_shape(model.apply, params, image)
   assert (out.shape, out.dtype) == ((1, 256, 2048), jnp.bfloat16)
 
 
