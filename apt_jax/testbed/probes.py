@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apt_jax.testbed import tabletop as T
+from apt_jax.models import apt_expert as _apt_expert
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 from apt_jax.models import vlm as _vlm
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 
 PROBES = ("image_tokens", "prompt")
 TARGETS = ("object", "container")
@@ -54,8 +55,7 @@ def images_see_prompt(model_config) -> bool:
 def features(vlm_params, model_config, images, tokens, masks, batch_size: int = 128):
   """-> (image-token features [B, N, F], mean prompt features [B, F]) as numpy float32."""
   c = model_config
-  module = _vlm.PaliGemma(c.vlm_config, c.siglip_variant, dtype="float32", vocab_size=c.vocab_size,
-                          remat_policy="none")
+  module = _vlm.from_config(c, return_hidden_states=True)
   layers, language_block = np.array(read_layers(c)), not images_see_prompt(c)
 
   @jax.jit
@@ -63,10 +63,10 @@ def features(vlm_params, model_config, images, tokens, masks, batch_size: int = 
     obs = _model.Observation(images={"base_0_rgb": images}, image_masks={"base_0_rgb": jnp.ones(len(images), bool)},
                              state=jnp.zeros((len(images), 1)), tokenized_prompt=tokens, tokenized_prompt_mask=masks)
     def run(m):
-      prefix = m.embed(obs, with_language=True, language_block=language_block)
-      return m(prefix), prefix.is_lang
+      prefix = m.embed_prefix(obs, with_language=True, language_block=language_block)
+      return m.hidden_states(prefix), prefix.is_lang
     hidden, is_lang = module.apply({"params": params}, method=run)
-    h = _vlm.rms_normalize(hidden[layers])                                      # [K, B, P, D]
+    h = _apt_expert.rms_normalize(hidden[layers])                               # [K, B, P, D]
     h = jnp.concatenate(list(h), axis=-1)                                        # [B, P, K * D]
     n = int((~is_lang).sum())
     w = masks.astype(jnp.float32)[..., None]

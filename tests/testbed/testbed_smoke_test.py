@@ -18,8 +18,11 @@ def test_testbed_pipeline_tiny(tmp_path):
   flows = (cfg.eval.flow_steps, *cfg.eval.sweep_flow_steps)
   assert len(rows) == len(L.ARMS) * len(cfg.recipes) * len(L.SPLITS) * cfg.eval.episodes_per_split * len(flows)
   assert {r["recipe"] for r in rows} == set(cfg.recipes) and {r["split"] for r in rows} == set(L.SPLITS)
-  step_dirs = list(tmp_path.glob("*/*/s0/checkpoints/*/params"))
+  step_dirs = [d for arm in L.ARMS for d in tmp_path.glob(f"{arm}/*/s0/checkpoints/*/params")]
   assert len(step_dirs) == len(L.ARMS) * len(cfg.recipes)
+  # One pool Stage 1 per seed, shared by every recipe and arm; one task-data Stage 1 per arm (the control).
+  assert sorted(d.parts[-5] for d in tmp_path.glob("stage1/*/s0/checkpoints/*/params")) == [
+      "pool", "task_balanced", "task_shortcut"]
   log_len = len((tmp_path / "log.txt").read_text())
   experiment.run(cfg, tmp_path, command="rerun")
   assert "step 1/" not in (tmp_path / "log.txt").read_text()[log_len:]      # nothing retrained
