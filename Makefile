@@ -3,10 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The LIBERO simulator lives in its own venv (its pins clash with the JAX stack's numpy); see README, LIBERO.
+LIBERO_PY ?= python3.11
+LIBERO_VENV := .venv-libero
+LIBERO_STAMP := $(LIBERO_VENV)/.installed
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv test test-all lint demo bench clean
+.PHONY: venv libero test test-all lint demo bench clean
 
 venv: $(STAMP)
 
@@ -20,10 +24,25 @@ $(STAMP): requirements.txt setup.cfg
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: venv
+# Headless rendering needs OSMesa (Debian: libosmesa6); installed here when running as root.
+libero: $(LIBERO_STAMP)
+
+$(LIBERO_STAMP): requirements-libero.txt
+	@ldconfig -p | grep -q libOSMesa.so || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q libosmesa6 || { apt-get update -q && apt-get install -y -q libosmesa6; }; \
+	  else echo "LIBERO renders with OSMesa: run 'sudo apt-get install -y libosmesa6' (or use MUJOCO_GL=egl)"; exit 1; fi; }
+	test -x $(LIBERO_VENV)/bin/python || $(LIBERO_PY) -m venv $(LIBERO_VENV)
+	$(LIBERO_VENV)/bin/pip install -q -U pip
+	$(LIBERO_VENV)/bin/pip install -q -r requirements-libero.txt
+	# apt_jax importable from anywhere (the client needs no build step, and no jax).
+	echo "$(CURDIR)" > "$$($(LIBERO_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/apt_jax_repo.pth"
+	touch $(LIBERO_STAMP)
+
+test: venv libero
 	$(BIN)/python -m pytest -m "not slow" -q tests
 
-test-all: venv
+test-all: venv libero
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
@@ -35,8 +54,8 @@ DEMO_FLAGS ?= --resume
 demo: venv
 	$(BIN)/python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo $(DEMO_FLAGS)
 
-bench: venv
+bench: venv libero
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LIBERO_VENV) build *.egg-info

@@ -57,7 +57,7 @@ def grads(model, obs=None):
   def loss_fn(params):
     return jnp.mean(model.replace(params=params).compute_loss(jax.random.key(0), obs, ACTIONS))
 
-  from apt_jax import tree as tree_lib  # pylint: disable=import-outside-toplevel
+  from apt_jax import tree as tree_lib
   return tree_lib.flatten(jax.jit(jax.grad(loss_fn))(model.params))
 
 
