@@ -44,7 +44,7 @@ def prefix_lm_loss(logits, tokens, loss_mask):
 
 def to_unit_range(images):
   """uint8 [..., 3] -> float32 in [-1, 1]; float images pass through."""
-  if images.dtype == jnp.uint8 or images.dtype == np.uint8:
+  if images.dtype in (jnp.uint8, np.uint8):
     return images.astype(jnp.float32) / 255.0 * 2.0 - 1.0
   return images
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 
 ROWS = ("top", "upper", "middle", "lower", "bottom")
 COLS = ("far-left", "left", "center", "right", "far-right")

@@ -21,11 +21,11 @@ import sys
 
 import numpy as np
 
-from apt_jax.testbed import tabletop as T
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import experiment
 from apt_jax.testbed import language as L
 from apt_jax.testbed import stats
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 
 SLOTS = ("object", "container")
@@ -112,8 +112,8 @@ def evaluate(workdir, templates, *, split="seen", arms=None, recipes=None, episo
 
 def markdown(result: dict) -> str:
   cols = list(next(iter(result["table"].values())))
-  lines = [f"Split {result['split']!r} scenes, {result['flow_steps']} flow steps; pooled success k/n [Wilson 95%]"
-           "; mean over seeds [t 95%] when several.", "", "| template | " + " | ".join(cols) + " |",
+  lines = [(f"Split {result['split']!r} scenes, {result['flow_steps']} flow steps; pooled success k/n [Wilson 95%]"
+           "; mean over seeds [t 95%] when several."), "", "| template | " + " | ".join(cols) + " |",
            "|---|" + "---|" * len(cols)]
   for template, row in result["table"].items():
     cells = []

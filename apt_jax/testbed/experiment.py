@@ -22,13 +22,13 @@ import numpy as np
 
 from apt_jax import checkpoints
 from apt_jax import policy_config as _policy_config
-from apt_jax.testbed import tabletop as T
 from apt_jax.models import registry
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
 from apt_jax.testbed import language as L
 from apt_jax.testbed import probes
 from apt_jax.testbed import report
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 from apt_jax.testbed import vlm_pretrain
 
@@ -387,11 +387,10 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, command: str = "") -> dict:
             continue
           res = evaluate(cfg, mc, params, sets, seed=seed, flow_steps=f)
           with open(rows_path, "a") as fh:
-            for row in episode_rows(arm, name, seed, f, res, sets):
-              fh.write(json.dumps(row) + "\n")
+            fh.writelines(json.dumps(row) + "\n" for row in episode_rows(arm, name, seed, f, res, sets))
           if f == cfg.eval.flow_steps:
             log(f"  {arm}/{name} s{seed}: success " + " ".join(f"{s} {np.mean(x[0]):.2f}" for s, x in res.items())
-                + f" | grasp " + " ".join(f"{s} {np.mean(x[1]):.2f}" for s, x in res.items()))
+                + " | grasp " + " ".join(f"{s} {np.mean(x[1]):.2f}" for s, x in res.items()))
         timings[f"{arm}/{name}/s{seed}"] = dict(train_s=round(t_train, 1), total_s=round(time.time() - t, 1))
   timings["total_s"] = round(time.time() - t_start, 1)
   summary = report.write(workdir, cfg, read_rows(rows_path), labels={r: RECIPES[r].label for r in cfg.recipes},

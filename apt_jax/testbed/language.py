@@ -145,7 +145,7 @@ def eval_episodes(arm: str, split: str, num_episodes: int, seed: int, train: Epi
     for j in rng.permutation(len(train))[:num_episodes]:
       s = train.state.index([j])
       if split == "task_perturb":
-        k0, c0 = train.pairs[j]
+        k0 = train.pairs[j][0]
         options = [(int(k), int(c)) for k in s.obj_kind[0] for c in s.cont_kind[0]
                    if (int(k), int(c)) in TRAIN_PAIRS and int(k) != k0]
         if not options:

@@ -63,8 +63,8 @@ def probe_table(probe: dict) -> str:
 
 
 def plot_arm(cells, path, labels, title) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
+  import matplotlib as mpl
+  mpl.use("Agg")
   import matplotlib.pyplot as plt
 
   recipes = list(cells)
@@ -89,8 +89,8 @@ def plot_arm(cells, path, labels, title) -> None:
 
 
 def plot_contrasts(contrasts, path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
+  import matplotlib as mpl
+  mpl.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(contrasts)))
@@ -115,8 +115,8 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
   recipes = [r for r in cfg.recipes if any(row["recipe"] == r for row in rows)]
   arms = [a for a in L.ARMS if any(row["arm"] == a for row in rows)]   # every arm run in this workdir
   seeds = sorted({row["seed"] for row in rows})
-  md = [f"# Testbed v2 results\n\nCommand: `{command}`. Seeds {seeds}; {f} flow steps. Cells: mean success "
-        "over seeds [95% t-interval over seeds]; with one seed, k/n episodes (Wilson intervals in results.json).\n"]
+  md = [(f"# Testbed v2 results\n\nCommand: `{command}`. Seeds {seeds}; {f} flow steps. Cells: mean success "
+        "over seeds [95% t-interval over seeds]; with one seed, k/n episodes (Wilson intervals in results.json).\n")]
   summary = dict(command=command, seeds=seeds, arms=arms, timings=timings, tables={})
   for arm in arms:
     text, cells = table(rows, arm, recipes, labels, f)
@@ -163,8 +163,8 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
       vlm[seed] = dict(eval_accuracy=info["eval_accuracy"], probe=info["probe"], attempt=info.get("attempt", 0),
                        failed_attempts=info.get("failed_attempts", []))
       failed = vlm[seed]["failed_attempts"] or "none"
-      md += [f"## VLM seed {seed} (attempt {vlm[seed]['attempt']}; failed before: {failed}): probe accuracy per "
-             "split (object / container)\n", probe_table(info["probe"]), ""]
+      md += [(f"## VLM seed {seed} (attempt {vlm[seed]['attempt']}; failed before: {failed}): probe accuracy per "
+             "split (object / container)\n"), probe_table(info["probe"]), ""]
   summary["vlm"] = vlm
   md += [f"Timings (s): {json.dumps(timings)}"]
   summary["markdown"] = "\n".join(md)

@@ -109,12 +109,14 @@ class Concat:
     self.parts, self.count = parts, 0
 
   def __next__(self):
-    lo = 0
-    for it, n in self.parts:
-      if self.count < lo + n or it is self.parts[-1][0]:
-        self.count += 1
-        return next(it)
+    lo, it = 0, self.parts[-1][0]
+    for part, n in self.parts[:-1]:
+      if self.count < lo + n:
+        it = part
+        break
       lo += n
+    self.count += 1
+    return next(it)
 
   def get_state(self):
     return {"count": self.count}

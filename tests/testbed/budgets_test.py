@@ -5,11 +5,11 @@ trained once per seed and shared by every recipe and arm; the three controls; co
 import numpy as np
 import pytest
 
-from apt_jax.testbed import tabletop as T
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
 from apt_jax.testbed import experiment as E
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 
 
@@ -48,7 +48,7 @@ def run(tmp_path_factory):
 
 
 def test_stage1_pool_is_trained_once_per_seed_and_shared(run):
-  cfg, tok, seed_run, out = run
+  cfg, _tok, _seed_run, out = run
   s1 = [c for calls in out.values() for c in calls if c["stage"] == "stage1" and "pool" in c["name"]]
   assert len(s1) == 1 and s1[0]["steps"] == cfg.vla.steps and s1[0]["npz"] == "vlm.npz"
   pool_users = [k for k, v in E.RECIPES.items() if v.stage1 == "pool"]
@@ -72,7 +72,7 @@ def test_pool_is_language_free_5x_the_demos_both_layouts_all_pairs(run):
   fixed = np.isin(cells, T.FIXED_OBJECT_CELLS).all(1)
   assert 0.3 < fixed.mean() < 0.7                                      # random and fixed layouts
   assert len(set(eps.pairs)) > 0.8 * len(L.ALL_PAIRS) and set(eps.pairs) <= set(L.ALL_PAIRS)
-  assert set(k for k, _ in eps.pairs) & set(L.HELDOUT_KINDS) and L.HELDOUT_CONTAINER in {c for _, c in eps.pairs}
+  assert {k for k, _ in eps.pairs} & set(L.HELDOUT_KINDS) and L.HELDOUT_CONTAINER in {c for _, c in eps.pairs}
 
 
 def test_one_stage_recipes_and_controls(run):
@@ -91,7 +91,7 @@ def test_one_stage_recipes_and_controls(run):
 
 def test_cotraining_batches_only_for_ki_recipes(run):
   _, _, _, out = run
-  for (arm, name), calls in out.items():
+  for (_arm, name), calls in out.items():
     main = calls[-1]
     assert ("vl" in main["batch"]) == main["cotrain"] == E.RECIPES[name].cotrain, name
     assert main["ki"] == E.RECIPES[name].ki

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from apt_jax import policy as _policy
 from apt_jax import envs as _envs
+from apt_jax import policy as _policy
 from apt_jax.models import registry
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus

@@ -15,7 +15,7 @@ def test_expert_succeeds_on_95_percent():
 
 
 def test_noisy_expert_demonstrations_succeed():
-  ok = T.rollout_expert(T.reset(range(100), layout='fixed'), 24, rng=np.random.default_rng(0), noise=0.3)[3]
+  ok = T.rollout_expert(T.reset(range(100), layout="fixed"), 24, rng=np.random.default_rng(0), noise=0.3)[3]
   assert ok.mean() >= 0.95
 
 

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import experiment
 from apt_jax.testbed import language as L
 from apt_jax.testbed import report
+from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
 
 

@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 
-from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import corpus
 from apt_jax.testbed import language as L
+from apt_jax.testbed import tabletop as T
 
 SEEN_WORDS = set(T.COLOURS[:4]) | set(T.SHAPES) | set(T.CONTAINERS[:3])
 
