@@ -15,7 +15,8 @@ def get_config(arg=None):
   c.seeds = (0,)
   c.recipes = experiment.PRIMARY
   c.data.episodes = 300
-  c.vla.steps = 1500
+  c.vlm.steps = 800
+  c.vla.steps = 1000
   c.eval.episodes_per_split = 24
   c.eval.sweep_flow_steps = ()
   if arg == "tiny":   # every stage of the pipeline runs, nothing learns, and the gate is off

@@ -22,15 +22,17 @@ VL_KEYS = ("image", "tokens", "input_mask", "ar", "loss_mask")
 
 
 def prefix_lm_logits(img, llm, images, tokens, input_mask, ar):
-  """SigLIP + Gemma expert 0 over [image tokens ; tokens] -> logits [B, L, V] at the text positions."""
+  """SigLIP + Gemma expert 0 over [image tokens ; tokens] -> logits [B, L, V] at the text positions; and, when `llm`
+  returns hidden states, also expert 0's output of every layer at the image tokens [Depth, B, N, D]."""
   x_img = img(images)
   b, n = x_img.shape[:2]
   x = jnp.concatenate([x_img.astype(jnp.float32), llm.embed(tokens).astype(jnp.float32)], axis=1)
   mask = jnp.concatenate([jnp.ones((b, n), bool), input_mask], axis=1)
   ar_all = jnp.concatenate([jnp.zeros((b, n), bool), ar], axis=1)
   experts = [x] + [None] * (len(llm.configs) - 1)
-  out = llm(experts, mask=_vlm.make_attn_mask(mask, ar_all), positions=jnp.cumsum(mask, axis=1) - 1)[0][0]
-  return llm.decode(out[:, n:])
+  out = llm(experts, mask=_vlm.make_attn_mask(mask, ar_all), positions=jnp.cumsum(mask, axis=1) - 1)
+  logits = llm.decode(out[0][0][:, n:])
+  return (logits, out[2][:, :, :n]) if llm.return_hidden_states else logits
 
 
 def prefix_lm_loss(logits, tokens, loss_mask):

@@ -2,8 +2,11 @@
 
 Model: `siglip.Module` (-> `img`) + `gemma.Module(configs=(vlm_config,))` (-> `llm`): exactly the `{"img", "llm"}`
 tree that π0's `PaliGemma/` holds, so the result loads through `weight_loaders.PaliGemmaWeightLoader`.
-Sequence: [16 image tokens ; BOS question "\\n" (prefix, bidirectional) ; answer EOS (suffix, causal)]; the loss is
-cross-entropy on the suffix tokens through the tied embedding (`gemma.Module.decode`).
+Sequence: [25 image tokens ; BOS question "\\n" (prefix, bidirectional) ; answer EOS (suffix, causal)]; the loss is
+cross-entropy on the suffix tokens through the tied embedding (`gemma.Module.decode`), plus (weight `point_weight`) a
+pointing loss: where the answer names a board cell, a linear scorer per layer over the image tokens' outputs must
+pick that cell's token (the scorers are discarded; docs/testbed_v2_protocol.md, Deviations). Letters: B batch,
+N image tokens (= board cells), D width.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import numpy as np
 import optax
 
 from apt_jax import weight_loaders
+from apt_jax.models import apt_expert as _apt_expert
 from apt_jax.models import cotrain as _cotrain
 from apt_jax.models import gemma as _gemma
 from apt_jax.models import image_tools
 from apt_jax.models import pi0 as _pi0
 from apt_jax.models import siglip as _siglip
 from apt_jax.testbed import corpus
+from apt_jax.testbed import tabletop as T
 
 
 class PaliGemmaLM(nn.Module):
-  """SigLIP + Gemma (one expert): the PaliGemma param tree `{"img": ..., "llm": ...}`."""
+  """SigLIP + Gemma (one expert): the PaliGemma param tree `{"img": ..., "llm": ...}`, plus the pointing scorers
+  `point` (one linear scorer per layer, dropped after pretraining)."""
 
   config: _pi0.Pi0Config
 
@@ -35,11 +41,17 @@ class PaliGemmaLM(nn.Module):
     c = self.config
     self.img = _siglip.Module(c.siglip_variant, num_classes=c.vlm_config.width, dtype_mm="float32")
     self.llm = _gemma.Module(configs=(c.vlm_config,), embed_dtype="float32", vocab_size=c.vocab_size,
-                             remat_policy="none")
+                             remat_policy="none", return_hidden_states=True)
+    self.point = nn.DenseGeneral(1, axis=-1, batch_dims=(0,))   # [Depth, ..., D] -> [Depth, ..., 1], per layer
 
   def __call__(self, images, tokens, input_mask, ar):
-    """images float [B, H, W, 3] in [-1, 1]; tokens, input_mask, ar [B, L] -> logits [B, L, V]."""
-    return _cotrain.prefix_lm_logits(self.img, self.llm, images, tokens, input_mask, ar)
+    """images float [B, H, W, 3] in [-1, 1]; tokens, input_mask, ar [B, L] -> logits [B, L, V], pointing scores
+    [Depth, B, N] (each layer's image-token outputs, RMS-normalised as the probes read them)."""
+    logits, hidden = _cotrain.prefix_lm_logits(self.img, self.llm, images, tokens, input_mask, ar)
+    return logits, self.point(_apt_expert.rms_normalize(hidden))[..., 0]
+
+  def lm_logits(self, images, tokens, input_mask, ar):
+    return _cotrain.prefix_lm_logits(self.img, self.llm, images, tokens, input_mask, ar)[0]
 
 
 def encode_qa(tokenizer, qa, prefix_len: int, suffix_len: int):
@@ -68,9 +80,23 @@ def _prep(images, resolution=(224, 224)):
   return x if x.shape[1:3] == tuple(resolution) else image_tools.resize_with_pad(x, *resolution)
 
 
-def _loss_and_acc(module, params, images, tokens, mask, ar, loss_mask):
-  logits = module.apply({"params": params}, _prep(images, module.config.image_resolution), tokens, mask, ar)
-  return _cotrain.prefix_lm_loss(logits, tokens, loss_mask)
+def point_targets(qa) -> np.ndarray:
+  """-> [N] the board cell (= image token) that each answer names first ("<row> <column> ..."), -1 where none."""
+  out = -np.ones(len(qa), np.int32)
+  for i, (_, _, a) in enumerate(qa):
+    w = a.split()
+    if len(w) >= 2 and w[0] in corpus.ROWS and w[1] in corpus.COLS:
+      out[i] = corpus.ROWS.index(w[0]) * T.GRID + corpus.COLS.index(w[1])
+  return out
+
+
+def _losses(module, params, images, tokens, mask, ar, loss_mask, point):
+  """-> (prefix-LM loss, pointing loss (mean over layers and the samples with a target), exact match [B])."""
+  logits, scores = module.apply({"params": params}, _prep(images, module.config.image_resolution), tokens, mask, ar)
+  lm, exact = _cotrain.prefix_lm_loss(logits, tokens, loss_mask)
+  has = (point >= 0).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(scores, jnp.maximum(point, 0)[None])   # [Depth, B]
+  return lm, jnp.sum(ce.mean(0) * has) / jnp.maximum(has.sum(), 1), exact
 
 
 @dataclasses.dataclass
@@ -92,12 +118,12 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, cfg
   """train_data/eval_data: (images, qa, task ids) from corpus.generate. Returns params {"img", "llm"}.
 
   cfg: steps, batch_size, lr, warmup (fraction of steps), end_lr_fraction, b2, clip, prefix_len, suffix_len,
-  curriculum ((until_fraction, task weights), ...) and blend (fraction of the steps over which one phase's task mix
-  turns linearly into the next's: an abrupt switch spiked the loss on another machine, issue 16).
+  point_weight, curriculum ((until_fraction, task weights), ...) and blend (fraction of the steps over which one
+  phase's task mix turns linearly into the next's: an abrupt switch spiked the loss on another machine, issue 16).
   """
   module = PaliGemmaLM(model_config)
   images, qa, _ = train_data
-  arrays = encode_qa(tokenizer, qa, cfg["prefix_len"], cfg["suffix_len"])
+  arrays = (*encode_qa(tokenizer, qa, cfg["prefix_len"], cfg["suffix_len"]), point_targets(qa))
   scene = np.array([i for i, _, _ in qa])
   params = jax.jit(module.init)(jax.random.key(seed), _prep(images[:1], model_config.image_resolution),
                                 *[jnp.asarray(a[:1]) for a in arrays[:3]])["params"]
@@ -115,11 +141,15 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, cfg
                    optax.adamw(schedule(cfg), b2=cfg["b2"], weight_decay=1e-4))
   opt_state = tx.init(params)
 
+  def total(p, batch):
+    lm, point, exact = _losses(module, p, *batch)
+    return lm + cfg["point_weight"] * point, (lm, point, exact)
+
   @jax.jit
   def step(params, opt_state, batch):
-    (loss, exact), grads = jax.value_and_grad(lambda p: _loss_and_acc(module, p, *batch), has_aux=True)(params)
+    (_, (lm, point, exact)), grads = jax.value_and_grad(total, has_aux=True)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, jnp.mean(exact), optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, lm, point, jnp.mean(exact), optax.global_norm(grads)
 
   rng = np.random.default_rng([seed, 5])
   task = np.asarray(train_data[2])
@@ -133,12 +163,13 @@ def pretrain(model_config: _pi0.Pi0Config, tokenizer, train_data, eval_data, cfg
     tasks = rng.choice(corpus.NUM_TASKS, size=batch_size, p=weights / weights.sum())
     idx = np.array([pools[t][rng.integers(len(pools[t]))] for t in tasks])
     batch = (images[scene[idx]],) + tuple(a[idx] for a in arrays)
-    params, opt_state, loss, acc, gnorm = step(params, opt_state, batch)
+    params, opt_state, loss, point, acc, gnorm = step(params, opt_state, batch)
     if i % 100 == 0 or i + 1 == steps:
-      losses.append((i, float(loss), float(gnorm)))
-      log(f"    [vlm s{seed}] step {i + 1}/{steps} loss {float(loss):.3f} grad-norm {float(gnorm):.2f} train "
-          f"exact-match {float(acc):.2f} ({time.time() - t0:.0f}s)")
+      losses.append((i, float(loss), float(gnorm), float(point)))
+      log(f"    [vlm s{seed}] step {i + 1}/{steps} loss {float(loss):.3f} pointing {float(point):.3f} grad-norm "
+          f"{float(gnorm):.2f} train exact-match {float(acc):.2f} ({time.time() - t0:.0f}s)")
   seconds = time.time() - t0
+  params = {k: params[k] for k in ("img", "llm")}   # the PaliGemma tree; the pointing scorers are dropped
   return VlmResult(params=jax.device_get(params), train_seconds=seconds,
                    eval_accuracy=evaluate(module, params, tokenizer, eval_data, cfg["prefix_len"], cfg["suffix_len"]),
                    losses=losses)
@@ -167,7 +198,12 @@ def evaluate(module, params, tokenizer, data, prefix_len, suffix_len, batch_size
   images, qa, task = data
   arrays = encode_qa(tokenizer, qa, prefix_len, suffix_len)
   scene = np.array([i for i, _, _ in qa])
-  fn = jax.jit(lambda p, b: _loss_and_acc(module, p, *b)[1])
+  def exact_match(p, b):   # p: the PaliGemma tree (no pointing scorers), so only the LM is run
+    logits = module.apply({"params": p}, _prep(b[0], module.config.image_resolution), *b[1:4],
+                          method=lambda m, *a: m.lm_logits(*a))
+    return _cotrain.prefix_lm_loss(logits, b[1], b[4])[1]
+
+  fn = jax.jit(exact_match)
   exact = []
   for lo in range(0, len(qa), batch_size):
     idx = np.arange(lo, min(len(qa), lo + batch_size))
