@@ -165,6 +165,11 @@ def model_kw(cfg, vocab: int, *, apt_stage="none", recipe: Recipe = Recipe("")) 
                           vlm_lr_multiplier=None if apt_stage == "stage1" else recipe.vlm_lr)
 
 
+def vlm_recipe(cfg) -> dict:
+  """The VLM settings that determine a pretrained VLM (everything in `cfg.vlm` but the gate), as JSON reads them."""
+  return json.loads(json.dumps({k: x for k, x in cfg.vlm.to_dict().items() if k not in ("gate", "attempts")}))
+
+
 def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
   """Corpus + tokenizer (from `seed`), then VLM attempts until one passes the probe gate: attempt a uses init and
   batch-order seed `seed + 1000 * a` on the same corpus, at most `vlm.attempts` (a tiny VLM's object grounding emerges
@@ -182,12 +187,16 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
   vocab = max(cfg.tokenizer.vocab_size, tokenizer.vocab_size)
   mc = registry.create_config(cfg.head, **model_kw(cfg, vocab, apt_stage="stage2", recipe=RECIPES["apt_frozen"]))
   failures = []
+  recipe = vlm_recipe(cfg)   # an attempt is reused only if it was trained with it (an older recipe's is retrained)
   for attempt in range(v.attempts):
     init_seed = seed + 1000 * attempt
     info_path, npz = out / f"vlm_attempt{attempt}.json", out / f"vlm_attempt{attempt}.npz"
     name = f"VLM seed {seed} attempt {attempt} (init seed {init_seed})"
-    if info_path.exists():
-      info = json.loads(info_path.read_text())
+    info = json.loads(info_path.read_text()) if info_path.exists() else None
+    if info is not None and info.get("recipe") != recipe:
+      log(f"{name}: {info_path} was trained with another VLM recipe: retraining")
+      info = None
+    if info is not None:
       log(f"{name}: reusing {npz}")
     else:
       log(f"{name}: {len(vlm_corpus[1])} QA on {v.scenes} scenes, {v.steps} steps x batch {v.batch_size}")
@@ -197,7 +206,7 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
       t = time.time()
       probe = probes.report(res.params, mc, tokenizer, train_scenes=v.probe_train_scenes,
                             eval_scenes=v.probe_eval_scenes, seed=seed)
-      info = dict(seed=seed, attempt=attempt, init_seed=init_seed, eval_accuracy=res.eval_accuracy,
+      info = dict(seed=seed, attempt=attempt, init_seed=init_seed, recipe=recipe, eval_accuracy=res.eval_accuracy,
                   losses=res.losses, train_s=round(res.train_seconds, 1), probe=probe,
                   probe_s=round(time.time() - t, 1))
       info_path.write_text(json.dumps(info, indent=1))

@@ -42,13 +42,15 @@ def test_gate_names_seed_probe_and_numbers():
   assert "container" not in str(e.value).split("FAILS")[1].split(".")[0]
 
 
-def _finished_attempts(tmp_path, accuracies):
-  """Finished VLM attempts of seed 0 on disk, as a rerun finds them."""
+def _finished_attempts(tmp_path, accuracies, recipe=None):
+  """Finished VLM attempts of seed 0 on disk, as a rerun finds them (trained with the base config's VLM recipe)."""
   out = tmp_path / "vlm" / "s0"
   out.mkdir(parents=True)
   (out / "tokenizer.model").write_text("")
+  recipe = recipe or experiment.vlm_recipe(experiment.base_config())
   for a, acc in enumerate(accuracies):
-    (out / f"vlm_attempt{a}.json").write_text(json.dumps(dict(eval_accuracy={"refer": acc}, probe=_report(acc, 0.85))))
+    (out / f"vlm_attempt{a}.json").write_text(json.dumps(dict(eval_accuracy={"refer": acc}, probe=_report(acc, 0.85),
+                                                              recipe=recipe)))
 
 
 @pytest.fixture
@@ -76,3 +78,16 @@ def test_the_first_passing_attempt_is_used(tmp_path, no_corpus):
   assert vlm["npz"].endswith("vlm_attempt1.npz") and vlm["info"]["eval_accuracy"] == {"refer": 0.8}
   saved = json.loads((tmp_path / "vlm" / "s0" / "vlm.json").read_text())
   assert len(saved["failed_attempts"]) == 1 and "object 0.50 < 0.75" in saved["failed_attempts"][0]
+
+
+def test_an_attempt_of_another_vlm_recipe_is_retrained(tmp_path, monkeypatch, no_corpus):
+  cfg = experiment.base_config()
+  old = dict(experiment.vlm_recipe(cfg), steps=2500, point_weight=0.0)   # the recipe before issue 16's fix
+  _finished_attempts(tmp_path, [0.9], recipe=old)
+
+  class RetrainedError(Exception):
+    pass
+
+  monkeypatch.setattr(experiment.vlm_pretrain, "pretrain", lambda *a, **k: (_ for _ in ()).throw(RetrainedError()))
+  with pytest.raises(RetrainedError):
+    experiment.pretrain_vlm(cfg, 0, tmp_path, log=lambda m: None)
