@@ -98,3 +98,8 @@ def test_cotraining_batches_only_for_ki_recipes(run):
     if E.RECIPES[name].cotrain:
       vl = main["batch"]["vl"]
       assert vl["image"].shape[1:] == (T.IMAGE_SIZE, T.IMAGE_SIZE, 3) and vl["loss_mask"].any()
+
+
+def test_concat_takes_each_part_for_its_count_and_the_last_on_past_it():
+  c = vla.Concat(((iter("aaa"), 2), (iter("bbb"), 1), (iter("cccc"), 1)))
+  assert "".join(next(c) for _ in range(6)) == "aabccc"
