@@ -1,7 +1,8 @@
 r"""Testbed v2, the reduced protocol that `make demo` runs: development seed 0, the shortcut arm (the primary
 endpoint's), the primary endpoint's recipes (π0 joint, KI + 2-stage, 2-stage + VLM fine-tuning) with the shared pool
-Stage 1, fewer steps; the same VLM gate. Sized for 10 min on 2 cores: every VLA run costs a compile (~20 s quiet, ~100 s
-at load 16), so the demo keeps 4 VLA runs; the balanced arm and the other recipes are the full runs' (testbed_full.py).
+Stage 1, fewer steps; the same VLM gate. Sized for 10 min on 2 cores: every VLA run costs a compile (~100 s at load
+15), so the demo keeps 4 VLA runs; the balanced arm and the other recipes are the full runs' (testbed_full.py).
+Measured (2026-11-29, load ~15): ~6 min of CPU in all (4.3 min user + 0.7 min system up to the last recipe).
 
   python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --resume   # == make demo
   python -m apt_jax.demo --config experiments/testbed_demo.py:tiny --workdir /tmp/tb_tiny --overwrite  # smoke size
