@@ -248,7 +248,8 @@ def save_policy(step_dir: pathlib.Path, mc, params, tokenizer_path: str) -> None
   """Standard checkpoint layout: <step>/params (openpi) + <step>/assets (model config, tokenizer, policy config)."""
   checkpoints.save_params(step_dir / "params", params, force=True)
   checkpoints.write_assets(step_dir / "assets", model_config=mc, policy_config=_policy_config.PolicyConfig(
-      env="tabletop", tokenizer_path=tokenizer_path, num_steps=mc.num_steps or 10))
+      env="tabletop", tokenizer_path=tokenizer_path, num_steps=mc.num_steps or 10,
+      normalized=False))  # the testbed trains on the simulator's own units (no norm stats)
 
 
 def load_policy(step_dir: pathlib.Path):

@@ -23,7 +23,7 @@ SIZE = dict(vlm_width=16, expert_width=16, depth=1, num_heads=2, num_kv_heads=2,
 def _setup(**kw):
   c = vla.train_config(vla.model_kwargs(SIZE, vocab_size=64, **kw), steps=2, batch_size=2, lr=1e-2, seed=0)
   c.optimizer.weight_decay = 0.0          # so params move only where a gradient reaches them
-  c.schedule = dict(kind="constant", peak_lr=1e-2)
+  c.schedule.update(kind="constant", peak_lr=1e-2)
   mc = configs.model_config(c)
   setup = train.make_setup(c, mc, sharding.make_mesh(1, devices=jax.devices()[:1]))
   state = train.init_train_state(setup, jax.random.key(0))

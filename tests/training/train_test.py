@@ -240,7 +240,8 @@ def test_non_finite_gradient_with_a_finite_loss_stops_before_the_checkpoint(tmp_
 
   def nan_gradient(ctx, trainable, frozen, rng, batch):
     w = trainable["state_proj"]["kernel"]
-    return loss_fn(ctx, trainable, frozen, rng, batch) + 0.0 * jax.numpy.sqrt(0.0 * jax.numpy.sum(w))
+    loss, aux = loss_fn(ctx, trainable, frozen, rng, batch)
+    return loss + 0.0 * jax.numpy.sqrt(0.0 * jax.numpy.sum(w)), aux
 
   monkeypatch.setattr(train, "_loss_fn", nan_gradient)
   config = debug_config("stage1", num_train_steps=2, ckpt_every_steps=1)
