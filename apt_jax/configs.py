@@ -1,21 +1,24 @@
 """Blocks shared by the experiment configs (big_vision's `configs/common.py`): each experiment is one
-`experiments/<name>.py` with `get_config(arg)`, loaded by path (`--config experiments/x.py:arg`, `load`).
+`experiments/<name>.py` with `get_config(arg)`, loaded by path (`--config experiments/x.py:arg`, `load`, defined in
+`apt_jax.experiment_files`).
 
-`base_config()` lists every field the trainer reads, with its default; experiments override what they need.
+`base_config()` lists every field the trainer reads, with its default (the data block's defaults are
+`apt_jax.data.config.DataConfig`'s, the model's its head config's); experiments override what they need. `finalize`
+checks an experiment config against them: an unknown key anywhere is an error naming it and the closest valid key.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import pathlib
+import dataclasses
 
 import ml_collections
 
+from apt_jax.data import config as _data_config
+from apt_jax.experiment_files import REPO_ROOT
+from apt_jax.experiment_files import load  # noqa: F401  (configs.load: the experiment loader)
 from apt_jax.models import model as _model
 from apt_jax.models import registry
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"   # the shipped LIBERO-spec sample (data/README.md)
 SAMPLE_DATASET = "libero_sample"
 SAMPLE_TOKENIZER = SAMPLE_DIR / "tokenizer.model"
@@ -29,23 +32,10 @@ PALIGEMMA_3B = dict(dtype="bfloat16", paligemma_variant="gemma_2b", siglip_varia
                     max_token_len=48)
 
 
-def load(spec: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:arg]` -> the file's `get_config(arg)`, as `--config` of `python -m apt_jax.train` reads it."""
-  path, _, spec_arg = str(spec).partition(":")
-  arg = arg if arg is not None else (spec_arg or None)
-  module_path = pathlib.Path(path)
-  if not module_path.exists():
-    raise FileNotFoundError(f"--config: {module_path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location(f"_apt_experiment_{module_path.stem}", module_path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def model_config(config: ml_collections.ConfigDict) -> _model.BaseModelConfig:
   """The head config of an experiment config's `model` block."""
   kwargs = config.model.kwargs
-  return registry.create_config(config.model.get("head", "pi0"),
+  return registry.create_config(config.model.head,
                                 **(kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs or {})))
 
 
@@ -81,15 +71,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "train"
   c.seed = 42
   c.model = ml_collections.ConfigDict({"head": "pi0", "kwargs": ml_collections.ConfigDict()})
-  c.data = ml_collections.ConfigDict()  # kind: rlds (apt_jax.data.config) | fake (random batches of the spec)
+  c.data = data_block(kind="rlds")  # apt_jax.data.config: kind rlds (datasets needed) | fake (random batches)
   c.tokenizer_path = ""
   c.asset_id = ""                  # norm stats go to <step>/assets/<asset_id>/norm_stats.json (openpi layout)
   c.batch_size = 32                # global
   c.num_train_steps = 30_000
   c.log_every_steps = 100
   c.ckpt_every_steps = 1000
-  c.max_to_keep = 1
-  c.keep_period = 5000             # also keep every keep_period-th step
+  c.max_to_keep = 2                # >= 2: a step broken by a crash leaves an earlier one to resume from
+  c.keep_period = ml_collections.FieldReference(5000, field_type=int)  # also keep every keep_period-th step
   c.async_checkpoint = True
   c.progress_bar = True
   c.schedule = ml_collections.ConfigDict(dict(kind="warmup_cosine", peak_lr=2.5e-5, warmup_steps=1000,
@@ -98,14 +88,53 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-10,
                                                clip_gradient_norm=1.0, decay_all=True))
   c.ema_decay = ml_collections.FieldReference(None, field_type=float)
+  # Knowledge insulation's VL co-training loss weight (batches with a "vl" entry); 0: none, and then an insulated VLM
+  # gets no gradient at all, so it is kept out of the optimizer like a frozen one (optimizer.frozen_filter).
+  c.vl_cotrain_weight = 0.0
   c.grad_accum_steps = 1
   c.frozen_dtype = "bfloat16"      # frozen params kept in bf16 (openpi); "" keeps float32
   c.train_augment = True           # π0's crop/rotate/colour augmentation inside compute_loss
   c.mesh = ml_collections.ConfigDict(dict(fsdp_devices=1, min_fsdp_mbytes=4.0))
-  c.distributed = ml_collections.ConfigDict(dict(num_processes=1, coordinator_address="", process_id=0))
+  c.distributed = ml_collections.ConfigDict(dict(
+      num_processes=1, coordinator_address="", process_id=0,
+      local_device_ids=ml_collections.FieldReference(None, field_type=tuple)))  # None: all of the host's devices
   c.init_from = ""                 # Stage 2: a Stage 1 workdir / step dir / params dir
   c.weight_loader = ml_collections.ConfigDict(dict(kind="none", path=""))  # none | paligemma_npz | openpi
   return c
+
+
+# Blocks whose keys are not base_config()'s: the model's kwargs are its head config's fields, the data block's are
+# DataConfig's (apt_jax.data.config).
+_OPEN_BLOCKS = ("model.kwargs", "data")
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the trainer runs: every key checked and every default filled in.
+
+  Keys are checked against `base_config()`, `model.kwargs` against the head config's fields and `data` against
+  `DataConfig` / `DatasetEntry`: an unknown key is a ValueError naming it and the closest valid key. Missing keys
+  (e.g. in a block an experiment replaced whole) take base_config()'s default; the data block gets DataConfig's.
+  """
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  out = _merge_checked(base_config().to_dict(), d, "config")
+  head = out["model"]["head"]
+  fields = [f.name for f in dataclasses.fields(registry.config_class(head))]
+  _data_config.check_keys(out["model"]["kwargs"], fields, f"config.model.kwargs ({head} head)")
+  out["data"] = _data_config.to_dict(_data_config.parse_data_config(out["data"]))
+  return ml_collections.ConfigDict(out)
+
+
+def _merge_checked(base: dict, cfg: dict, where: str) -> dict:
+  _data_config.check_keys(cfg, base, where)
+  out = dict(base)
+  for k, v in cfg.items():
+    path = f"{where}.{k}"
+    if isinstance(base[k], dict) and path.removeprefix("config.") not in _OPEN_BLOCKS:
+      if not isinstance(v, dict):
+        raise ValueError(f"{path} must be a block of keys {sorted(base[k])}, got {v!r}")
+      v = _merge_checked(base[k], v, path)
+    out[k] = v
+  return out
 
 
 def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -126,23 +155,29 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def data_block(**fields) -> ml_collections.ConfigDict:
+  """A data block with every DataConfig field (the defaults unless given), so `--config.data.<field>=...` overrides
+  work on any experiment."""
+  return ml_collections.ConfigDict(_data_config.to_dict(_data_config.DataConfig(**fields)))
+
+
 def sample_data(**overrides) -> ml_collections.ConfigDict:
   """The shipped LIBERO-spec sample dataset (data/sample), with openpi's pi0_libero data choices."""
-  d = dict(kind="rlds",
-           datasets=[dict(name=SAMPLE_DATASET, data_dir=str(SAMPLE_DIR), adapter="libero", weight=1.0,
-                          split="train")],
-           norm_stats_path=str(SAMPLE_NORM_STATS), delta_action_dims=6, use_quantile_norm=False,
-           skip_bad_records=False, shuffle_buffer=1024)
+  d = dict(datasets=[dict(name=SAMPLE_DATASET, data_dir=str(SAMPLE_DIR), adapter="libero")],
+           norm_stats_path=str(SAMPLE_NORM_STATS), delta_action_dims=6, shuffle_buffer=1024)
   d.update(overrides)
-  return ml_collections.ConfigDict(d)
+  return _checked_data_block(d)
 
 
 def libero_data(data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """openvla's modified_libero_rlds, the 4 suites mixed with equal weight (openpi's pi0_libero choices)."""
   suites = ["libero_spatial_no_noops", "libero_object_no_noops", "libero_goal_no_noops", "libero_10_no_noops"]
-  d = dict(kind="rlds",
-           datasets=[dict(name=s, data_dir=data_dir, adapter="libero", weight=1.0, split="train") for s in suites],
-           norm_stats_path=f"{data_dir}/norm_stats.json", delta_action_dims=6, use_quantile_norm=False,
-           skip_bad_records=True, shuffle_buffer=50_000)
+  d = dict(datasets=[dict(name=s, data_dir=data_dir, adapter="libero") for s in suites],
+           norm_stats_path=f"{data_dir}/norm_stats.json", delta_action_dims=6, skip_bad_records=True,
+           shuffle_buffer=50_000)
   d.update(overrides)
-  return ml_collections.ConfigDict(d)
+  return _checked_data_block(d)
+
+
+def _checked_data_block(d: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(_data_config.to_dict(_data_config.parse_data_config(d)))

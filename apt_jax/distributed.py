@@ -7,7 +7,7 @@ import jax
 
 
 def initialize(config) -> None:
-  d = config.get("distributed")
-  if d and d.get("num_processes", 1) > 1:
+  d = config.distributed
+  if d.num_processes > 1:
     jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
-                               process_id=d.process_id, local_device_ids=d.get("local_device_ids"))
+                               process_id=d.process_id, local_device_ids=d.local_device_ids)

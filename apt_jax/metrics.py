@@ -10,16 +10,22 @@ import pathlib
 
 
 class MetricWriter:
-  """metrics.jsonl + TensorBoard scalars in the workdir (process 0 only: `enabled`)."""
+  """metrics.jsonl + TensorBoard scalars in the workdir (process 0 only: `enabled`).
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+  A run that starts (or resumes) at `start_step` first drops what an earlier run logged from that step on, so the
+  logs read each step once, in order: metrics.jsonl is rewritten without those rows (and without a line a crash cut
+  short), and TensorBoard is told to purge them (`purge_step`).
+  """
+
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if enabled:
+      truncate_metrics(self.path, start_step)
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=start_step)
       except ImportError:
         logging.warning("tensorboardX not installed: no TensorBoard scalars")
 
@@ -35,6 +41,23 @@ class MetricWriter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+def truncate_metrics(path: pathlib.Path, start_step: int) -> None:
+  """Keeps the rows of `path` (metrics.jsonl) logged before `start_step`; atomic (temporary file + rename)."""
+  if not path.exists():
+    return
+  keep = []
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:  # the last line of a run killed while writing it
+      continue
+    if row["step"] < start_step:
+      keep.append(line)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(line + "\n" for line in keep))
+  os.replace(tmp, path)
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -1,13 +1,14 @@
 """Optimizer: schedules, AdamW with masked weight decay and per-group learning rates, EMA.
 
-Frozen params are partitioned out before the optimizer sees the tree (see `partition`), so they get no optimizer
-state at all. Learning-rate groups: the VLM (SigLIP + Gemma expert 0) gets `lr × vlm_lr_multiplier`; everything
-else (action expert, projections, fusion layers) the base lr.
+Params that get no gradient (frozen, or insulated without a VL loss: `frozen_filter`) are partitioned out before the
+optimizer sees the tree (`partition`), so they get no optimizer state, no weight decay and no EMA. One rule
+(`is_kernel`) says which of the others are weights that decay and count in param_norm: matmul kernels; never
+gates, norm scales, biases, embeddings or learned tokens, in any head. Learning-rate groups: the VLM (SigLIP + Gemma
+expert 0) gets `lr × vlm_lr_multiplier`; everything else (action expert, projections, fusion layers) the base lr.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import jax
@@ -17,8 +18,24 @@ import optax
 from apt_jax import tree as tree_lib
 from apt_jax.models import model as _model
 
-# No weight decay on biases, norm scales, embeddings (and APT fusion gates), as in the paper's recipe.
-NO_DECAY_REGEX = r".*(/bias|/scale|pos_embedding|input_embedding|/gate)$"
+# The leaf names of matmul weights: linen Dense/Conv `kernel`, Gemma's einsum `w`, and its MLP's `gating_einsum` and
+# `linear`. Everything else is a gate (π0's `fusion_1/gate`, GR00T's `attn_gate` / `ff_gate`, the APT expert's `gate`
+# and `fusion_open`), a norm scale, a bias, an embedding table (`input_embedding`, `pos_embedding`,
+# `position_embedding`) or learned tokens (`future_tokens`): none of them decays (the paper's recipe).
+KERNEL_NAMES = ("kernel", "w", "gating_einsum", "linear")
+
+
+def is_kernel(path: str) -> bool:
+  """Whether a param ("/"-joined path) is a matmul weight: it decays, and it counts in param_norm."""
+  return path.rsplit("/", 1)[-1] in KERNEL_NAMES
+
+
+def frozen_filter(model_config, *, vl_cotrain: bool = False) -> Callable[[str], bool]:
+  """The params kept out of the optimizer: the head's frozen ones (`freeze_filter`), and under knowledge insulation
+  the VLM too unless a VL co-training loss trains it (without one its gradient is zero: Adam state would only cost
+  memory, and decoupled weight decay would shrink it)."""
+  insulated = model_config.knowledge_insulation and not vl_cotrain
+  return lambda path: model_config.freeze_filter(path) or (insulated and _model.is_vlm_param(path))
 
 
 def create_schedule(cfg) -> optax.Schedule:
@@ -29,7 +46,7 @@ def create_schedule(cfg) -> optax.Schedule:
   """
   kind = cfg.kind
   peak = cfg.peak_lr
-  warmup = cfg.get("warmup_steps", 0)
+  warmup = cfg.warmup_steps
   if kind == "constant":
     return optax.constant_schedule(peak)
   if kind == "warmup_constant":
@@ -41,9 +58,9 @@ def create_schedule(cfg) -> optax.Schedule:
   raise ValueError(f"schedule.kind={kind!r}; expected constant, warmup_constant or warmup_cosine")
 
 
-def decay_mask(params, regex: str | None = NO_DECAY_REGEX):
-  """True where weight decay applies. regex=None decays everything (openpi's AdamW default)."""
-  return tree_lib.unflatten({k: not (regex and re.fullmatch(regex, k)) for k in tree_lib.flatten(params)})
+def decay_mask(params, decay_all: bool = False):
+  """True where weight decay applies: kernels (`is_kernel`), or every param with decay_all (openpi's AdamW)."""
+  return tree_lib.unflatten({k: decay_all or is_kernel(k) for k in tree_lib.flatten(params)})
 
 
 def lr_multipliers(params, vlm_lr_multiplier: float):
@@ -63,9 +80,9 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
 
 def create_optimizer(cfg, trainable_params, schedule: optax.Schedule, *, vlm_lr_multiplier: float = 1.0):
   """cfg: `optimizer` block: b1, b2, eps, weight_decay, clip_gradient_norm, decay_all (bool)."""
-  mask = decay_mask(trainable_params, None if cfg.get("decay_all", False) else NO_DECAY_REGEX)
+  mask = decay_mask(trainable_params, cfg.decay_all)
   chain = []
-  if cfg.get("clip_gradient_norm"):
+  if cfg.clip_gradient_norm:
     chain.append(optax.clip_by_global_norm(cfg.clip_gradient_norm))
   chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask))
   multipliers = lr_multipliers(trainable_params, vlm_lr_multiplier)
@@ -91,8 +108,5 @@ def ema_update(ema, new, decay: float):
 
 
 def kernel_norm(params):
-  """openpi's param_norm: global norm over params with ndim > 1 that are not bias/scale/embeddings."""
-  flat = tree_lib.flatten(params)
-  keep = [v for k, v in flat.items()
-          if v.ndim > 1 and not re.fullmatch(r".*/(bias|scale|pos_embedding|input_embedding)$", k)]
-  return optax.global_norm(keep)
+  """openpi's param_norm: the global norm of the kernels (`is_kernel`)."""
+  return optax.global_norm([v for k, v in tree_lib.flatten(params).items() if is_kernel(k)])

@@ -53,6 +53,8 @@ class Transforms:
   use_quantile_norm: bool = False
   default_prompt: str | None = None
   image_resolution: tuple[int, int] = _model.IMAGE_RESOLUTION
+  # Over-long prompts: cut to max_token_len, or (default, as in training) rejected naming the field.
+  truncate_prompt: bool = False
 
 
 # --- The jitted model call (module level, so every Policy of the same model shares its compilation cache) ----------
@@ -80,6 +82,9 @@ class Policy:
       raise ValueError("This model reads the prompt: the policy needs a tokenizer (tokenizer_path)")
     if transforms.tokenizer is not None and transforms.tokenizer.max_len != cfg.max_token_len:
       raise ValueError(f"tokenizer max_len {transforms.tokenizer.max_len} != model max_token_len {cfg.max_token_len}")
+    if norm_stats:
+      _normalize.check_width(norm_stats, "state", env.state_dim, cfg.action_dim, f"env {env.name!r}")
+      _normalize.check_width(norm_stats, "actions", env.action_dim, cfg.action_dim, f"env {env.name!r}")
     self.model = model
     self.transforms = transforms
     self.norm_stats = dict(norm_stats) if norm_stats else None
@@ -119,8 +124,12 @@ class Policy:
     if self._uses_language:
       if prompt is None:
         raise _envs.InputError("prompt", "missing from the request, and the policy has no default prompt")
-      # π0.5: the normalized state, before padding, goes into the prompt (openpi's TokenizePrompt).
-      tokens, mask = t.tokenizer.tokenize(prompt, state if cfg.discrete_state_input else None)
+      try:
+        # π0.5: the normalized state, before padding, goes into the prompt (openpi's TokenizePrompt).
+        tokens, mask = t.tokenizer.tokenize(prompt, state if cfg.discrete_state_input else None,
+                                            truncate=t.truncate_prompt)
+      except ValueError as e:  # too long: training raises for it too
+        raise _envs.InputError("prompt", f"{e} (the checkpoint's policy config does not set truncate_prompt)") from None
       data["tokenized_prompt"] = tokens[None]
       data["tokenized_prompt_mask"] = mask[None]
     return data, state_env
@@ -191,7 +200,7 @@ def resolve_model_config(step_dir, model_config=None, *, head: str | None = None
   path = pathlib.Path(step_dir) / "assets" / checkpoints.MODEL_CONFIG_FILE
   if path.exists():
     return checkpoints.load_model_config(step_dir)
-  if experiment_config is not None and experiment_config.get("model") is not None:
+  if experiment_config is not None:
     return configs.model_config(experiment_config)
   if head is not None:
     _log.warning("%s has no model config: using the default %s config", step_dir, head)
@@ -210,7 +219,7 @@ def _resolve_tokenizer(step_dir: pathlib.Path, path: str | None) -> str | None:
 
 def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, head: str | None = None,
                           dtype: Any = jnp.bfloat16, policy_config: _policy_config.PolicyConfig | None = None,
-                          experiment_config=None, **overrides) -> Policy:
+                          experiment_config=None, allow_unnormalized: bool = False, **overrides) -> Policy:
   """A Policy for a checkpoint step dir (ours or openpi's; see apt_jax.checkpoints for the layout).
 
   Args:
@@ -222,9 +231,13 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
       else PolicyConfig().
     experiment_config: a training config (`experiments/*.py` get_config()): supplies the policy settings (see
       `policy_config_from_experiment`) and, for checkpoints without model_config.json, the model config.
+    allow_unnormalized: serve without norm stats although the policy config says the model was trained on normalized
+      data (without it, missing stats for the asset fail here, at startup).
     **overrides: PolicyConfig fields that win over all of these (None values are ignored).
   """
   step_dir = pathlib.Path(step_dir)
+  if experiment_config is not None:
+    experiment_config = configs.finalize(experiment_config)
   config = resolve_model_config(step_dir, model_config, head=head, experiment_config=experiment_config)
   if policy_config is None and experiment_config is not None:
     policy_config = _policy_config.policy_config_from_experiment(experiment_config)
@@ -235,11 +248,19 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
   params = checkpoints.restore_params(step_dir / "params", dtype=dtype)
   model = config.load(params)
 
-  stats_path = checkpoints.find_norm_stats(step_dir, pc.asset_id)
-  norm_stats = None
-  if stats_path is None:
-    _log.warning("No norm stats under %s/assets: the policy will not normalize", step_dir)
-  else:
+  stats_path = norm_stats = None
+  if pc.normalized:
+    try:
+      stats_path = checkpoints.find_norm_stats(step_dir, pc.asset_id)
+      if stats_path is None:
+        raise FileNotFoundError(f"No norm stats under {step_dir / 'assets'}")
+    except FileNotFoundError as e:
+      if not allow_unnormalized:
+        raise FileNotFoundError(f"{e}: the model was trained on normalized state and actions (policy config "
+                                "normalized=true), so it would act on wrong scales. Pass the right asset_id, or "
+                                "allow_unnormalized (--allow_unnormalized) to serve it anyway") from None
+      _log.warning("%s: serving WITHOUT normalization (allow_unnormalized)", e)
+  if stats_path is not None:
     norm_stats = _normalize.load(stats_path)
     _log.info("Norm stats: %s", stats_path)
 
@@ -252,7 +273,8 @@ def create_trained_policy(step_dir: str | os.PathLike, *, model_config=None, hea
                             f"{_policy_config.TOKENIZER_FILE} in {step_dir / 'assets'}")
 
   transforms = Transforms(env=env, tokenizer=tokenizer, delta_action_dims=pc.delta_action_dims,
-                          use_quantile_norm=pc.use_quantile_norm, default_prompt=pc.default_prompt)
+                          use_quantile_norm=pc.use_quantile_norm, default_prompt=pc.default_prompt,
+                          truncate_prompt=pc.truncate_prompt)
   param_dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(params)})
   metadata = {
       "server": "apt_jax",

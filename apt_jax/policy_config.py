@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from apt_jax import envs as _envs
+from apt_jax.data import config as _data_config
 
 POLICY_CONFIG_FILE = "policy_config.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -28,6 +29,11 @@ class PolicyConfig:
   # Action dims predicted relative to the state (int k: the first k dims; or a bool list); openpi's pi0_libero: 6.
   delta_action_dims: int | tuple[bool, ...] | None = None
   use_quantile_norm: bool = False
+  # The model reads normalized states and writes normalized actions: serving needs the norm stats
+  # (assets/<asset_id>/norm_stats.json) and fails without them unless told to serve unnormalized.
+  normalized: bool = True
+  # A prompt longer than the model's max_token_len is an error (as in training) unless this is set.
+  truncate_prompt: bool = False
   default_prompt: str | None = None
   # Relative paths are resolved against the checkpoint's assets dir.
   tokenizer_path: str | None = None
@@ -57,22 +63,23 @@ class PolicyConfig:
 
 def policy_config_from_experiment(config) -> PolicyConfig:
   """Inference settings implied by a training experiment config (`experiments/*.py`): the data's delta actions,
-  normalization and default prompt, the env of its first dataset's adapter, the tokenizer and the asset id."""
-  get = lambda obj, key, default=None: (obj.get(key, default) if hasattr(obj, "get") else default)
-  data = get(config, "data") or {}
-  datasets = list(get(data, "datasets") or [])
-  adapter = get(datasets[0], "adapter", "libero") if datasets else "libero"
-  delta = get(data, "delta_action_dims")
-  if delta is not None and not isinstance(delta, (int, bool)):
-    delta = tuple(bool(x) for x in delta)
+  normalization and default prompt, the env of its first dataset's adapter, the tokenizer, and the asset id of the
+  norm stats: the run's `asset_id`, or with per-dataset stats only, the one dataset's name (several: none, serving
+  then needs `--asset_id`)."""
+  data = _data_config.parse_data_config(config.data)
+  adapter = data.datasets[0].adapter if data.datasets else PolicyConfig.env
+  own_stats = [e.name for e in data.datasets if e.norm_stats_path]
+  asset_id = config.asset_id or None
+  if not data.norm_stats_path and own_stats:
+    asset_id = own_stats[0] if len(own_stats) == 1 else None
   return PolicyConfig(
-      env=adapter if adapter in _envs.ENVS else "libero",  # e.g. oxe_generic data: no request layout of its own
-      delta_action_dims=delta,
-      use_quantile_norm=bool(get(data, "use_quantile_norm", False)),
-      default_prompt=get(data, "default_prompt") or None,
-      tokenizer_path=get(config, "tokenizer_path") or None,
-      asset_id=get(config, "asset_id") or None,
-      seed=0)
+      env=adapter if adapter in _envs.ENVS else PolicyConfig.env,  # e.g. oxe_generic data: no request layout
+      delta_action_dims=data.delta_action_dims,
+      use_quantile_norm=data.use_quantile_norm,
+      normalized=bool(data.norm_stats_path or own_stats),
+      default_prompt=data.default_prompt,
+      tokenizer_path=config.tokenizer_path or None,
+      asset_id=asset_id)
 
 
 def write_policy_config(assets_dir: str | os.PathLike, config: PolicyConfig) -> pathlib.Path:

@@ -5,21 +5,23 @@
         [--env libero|droid|aloha] [--tokenizer PATH] [--asset_id ID] [--delta_action_dims 6] [--default_prompt TEXT]
         [--model_config FILE | --head pi0]              # openpi checkpoints (no assets/model_config.json)
         [--dtype bfloat16|float32|stored] [--api_key_file FILE] [--max_frame_mb 16] [--infer_threads 1]
+        [--infer_timeout_s 60] [--allow_unnormalized]
 
 Protocol (openpi's `serving/websocket_policy_server.py`): on connect, one binary frame with the metadata; then per
 request one msgpack_numpy frame in, one out (the policy output plus `server_timing`: `infer_ms`, `queue_ms`, and from
 the 2nd request on `prev_total_ms`, the previous cycle as openpi measures it). Errors: one text frame with the
-message, then close code 1007 (bad request, naming the field) or 1011 (unexpected; traceback in the server log).
-`GET /healthz` answers 200. Beyond openpi: binds 127.0.0.1 by default; optional `Authorization: Api-Key <key>`
-(compared in constant time, else HTTP 401); frames above `--max_frame_mb` closed with 1009 before buffering;
-inference in a thread pool (`--infer_threads`, default 1: arrival order); `--max_connections` (HTTP 503 beyond).
+message, then close code 1007 (bad request, naming the field) or 1011 (unexpected, traceback in the server log; or
+an inference that ran past `--infer_timeout_s`). `GET /healthz` answers 200. Beyond openpi: binds 127.0.0.1 by
+default; optional `Authorization: Api-Key <key>` (compared in constant time, else HTTP 401); frames above
+`--max_frame_mb` closed with 1009 before buffering; `--infer_threads` inferences at a time (default 1: arrival
+order), each in its own thread, so one that hangs past its timeout is abandoned and the others are still served;
+`--max_connections` (HTTP 503 beyond).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import hmac
 import http
@@ -45,6 +47,7 @@ from apt_jax.msgpack_numpy import unpackb
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFAULT_INFER_TIMEOUT_S = 60.0
 API_KEY_ENV = "APT_JAX_API_KEY"
 
 
@@ -62,7 +65,8 @@ class PolicyServer:
 
   def __init__(self, policy, *, host: str = "127.0.0.1", port: int = 8000, metadata: Mapping | None = None,
                api_key: str | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-               max_connections: int = 64, infer_threads: int = 1):
+               max_connections: int = 64, infer_threads: int = 1,
+               infer_timeout_s: float | None = DEFAULT_INFER_TIMEOUT_S):
     self._policy = policy
     self.host = host
     self.port = port
@@ -72,7 +76,8 @@ class PolicyServer:
     self.max_frame_bytes = int(max_frame_bytes)
     self.max_connections = int(max_connections)
     self._infer_threads = int(infer_threads)
-    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self.infer_timeout_s = infer_timeout_s
+    self._slots: asyncio.Semaphore | None = None
     self._active = 0
     self._loop: asyncio.AbstractEventLoop | None = None
     self._server = None
@@ -80,7 +85,7 @@ class PolicyServer:
     self._ready = threading.Event()
     self._stopped: asyncio.Event | None = None
     self._error: BaseException | None = None
-    self.stats = {"connections": 0, "requests": 0, "errors": 0, "rejected": 0}
+    self.stats = {"connections": 0, "requests": 0, "errors": 0, "rejected": 0, "timeouts": 0}
 
   # HTTP stage: health check, token, connection limit.
   def _process_request(self, connection, request):
@@ -97,10 +102,36 @@ class PolicyServer:
       return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
     return None
 
-  def _timed_infer(self, obs):
-    t = time.monotonic()
-    result = self._policy.infer(obs)
-    return result, t, time.monotonic()
+  @property
+  def address(self) -> tuple[str, int]:
+    """(host, port) of the listening socket, as bound."""
+    return self._server.sockets[0].getsockname()[:2]
+
+  async def _infer(self, obs) -> tuple[dict, float, float]:
+    """policy.infer in a thread of its own, at most `infer_threads` at a time (FIFO) -> (result, start, end).
+
+    A daemon thread per request rather than a pool: an inference that overruns its timeout keeps its thread, which
+    is abandoned, and the slot goes to the next request.
+    """
+    loop = asyncio.get_running_loop()
+    async with self._slots:
+      done = loop.create_future()
+
+      def settle(fn, value):
+        if not done.done():  # cancelled by the timeout
+          fn(value)
+
+      def work():
+        t = time.monotonic()
+        try:
+          outcome = (done.set_result, (self._policy.infer(obs), t, time.monotonic()))
+        except BaseException as e:  # handed to the handler, which answers with an error frame
+          outcome = (done.set_exception, e)
+        with contextlib.suppress(RuntimeError):  # the server stopped while this thread was abandoned
+          loop.call_soon_threadsafe(settle, *outcome)
+
+      threading.Thread(target=work, name="infer", daemon=True).start()
+      return await asyncio.wait_for(done, self.infer_timeout_s)
 
   async def _fail(self, ws, message: str, code: CloseCode) -> None:
     self.stats["errors"] += 1
@@ -115,7 +146,6 @@ class PolicyServer:
     self.stats["connections"] += 1
     peer = ws.remote_address
     _log.info("Connection from %s opened", peer)
-    loop = asyncio.get_running_loop()
     try:
       await ws.send(self._metadata_frame)
       prev_total = None
@@ -133,7 +163,7 @@ class PolicyServer:
             raise RequestError("expected a binary msgpack frame, got a text frame")
           obs = unpackb(msg)
           queued = time.monotonic()
-          result, t_infer, t_done = await loop.run_in_executor(self._executor, self._timed_infer, obs)
+          result, t_infer, t_done = await self._infer(obs)
           result = dict(result)
           result["server_timing"] = {"infer_ms": (t_done - t_infer) * 1e3, "queue_ms": (t_infer - queued) * 1e3}
           if prev_total is not None:
@@ -142,6 +172,11 @@ class PolicyServer:
         except (RequestError, _envs.InputError) as e:
           _log.info("Bad request from %s: %s", peer, e)
           await self._fail(ws, f"Invalid request: {e}", CloseCode.INVALID_DATA)
+          return
+        except TimeoutError:
+          self.stats["timeouts"] += 1
+          _log.error("Inference for %s ran past %s s: its thread is abandoned", peer, self.infer_timeout_s)
+          await self._fail(ws, f"Inference timed out after {self.infer_timeout_s} s", CloseCode.INTERNAL_ERROR)
           return
         except Exception as e:
           _log.exception("Inference failed for %s", peer)
@@ -160,18 +195,17 @@ class PolicyServer:
     """Serves until `stop()` (or cancellation)."""
     self._loop = asyncio.get_running_loop()
     self._stopped = asyncio.Event()
-    self._executor = concurrent.futures.ThreadPoolExecutor(self._infer_threads, thread_name_prefix="infer")
+    self._slots = asyncio.Semaphore(self._infer_threads)
     try:
       async with _server.serve(self._handler, self.host, self.port, compression=None,
                                max_size=self.max_frame_bytes, process_request=self._process_request) as server:
         self._server = server
-        self.port = server.sockets[0].getsockname()[1]
-        _log.info("Serving on ws://%s:%d (max frame %d bytes, token %s)", self.host, self.port,
-                  self.max_frame_bytes, "required" if self._api_key else "off")
+        self.port = self.address[1]
+        _log.info("Serving on ws://%s:%d (max frame %d bytes, inference timeout %s s, token %s)", *self.address,
+                  self.max_frame_bytes, self.infer_timeout_s, "required" if self._api_key else "off")
         self._ready.set()
         await self._stopped.wait()
     finally:
-      self._executor.shutdown(wait=False, cancel_futures=True)
       self._ready.set()
 
   def serve_forever(self) -> None:
@@ -240,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help=f"file holding the API key clients must send (or set ${API_KEY_ENV}); default: no token")
   p.add_argument("--max_frame_mb", type=float, default=DEFAULT_MAX_FRAME_BYTES / 2**20)
   p.add_argument("--max_connections", type=int, default=64)
-  p.add_argument("--infer_threads", type=int, default=1)
+  p.add_argument("--infer_threads", type=int, default=1, help="inferences run at a time")
+  p.add_argument("--infer_timeout_s", type=float, default=DEFAULT_INFER_TIMEOUT_S,
+                 help="per-request inference timeout: the client gets an error (close code 1011)")
+  p.add_argument("--allow_unnormalized", action="store_true",
+                 help="serve even if the checkpoint has no norm stats for the asset its model was trained with")
   p.add_argument("--no_warmup", action="store_true", help="skip compiling the model before accepting clients")
   return p
 
@@ -263,13 +301,13 @@ def main(argv=None) -> None:
       experiment_config=configs.load(args.experiment) if args.experiment else None, env=args.env,
       asset_id=args.asset_id, tokenizer_path=args.tokenizer, delta_action_dims=args.delta_action_dims,
       use_quantile_norm=args.use_quantile_norm, default_prompt=args.default_prompt, num_steps=args.num_steps,
-      seed=args.seed)
+      seed=args.seed, allow_unnormalized=args.allow_unnormalized)
   if not args.no_warmup:
     _log.info("Compiling the model (warm-up)...")
     _log.info("Warm-up took %.1f s", pol.warmup())
   server = PolicyServer(pol, host=args.host, port=args.port, api_key=_api_key(args),
                         max_frame_bytes=int(args.max_frame_mb * 2**20), max_connections=args.max_connections,
-                        infer_threads=args.infer_threads)
+                        infer_threads=args.infer_threads, infer_timeout_s=args.infer_timeout_s)
   with contextlib.suppress(KeyboardInterrupt):
     server.serve_forever()
 

@@ -64,8 +64,7 @@ def write_tiny_checkpoint(step_dir: str | os.PathLike, model, tokenizer_path: st
   tokenizer, and the policy config if given. -> step_dir."""
   step_dir = pathlib.Path(step_dir)
   checkpoints.save_params(step_dir / "params", model.params)
-  checkpoints.write_assets(step_dir / "assets", model_config=model.config, norm_stats=libero_norm_stats(),
-                           asset_id=ASSET_ID)
+  checkpoints.write_assets(step_dir / "assets", model_config=model.config, norm_stats={ASSET_ID: libero_norm_stats()})
   shutil.copy(tokenizer_path, step_dir / "assets" / _policy_config.TOKENIZER_FILE)
   if policy_config is not None:
     _policy_config.write_policy_config(step_dir / "assets", policy_config)

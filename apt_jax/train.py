@@ -64,6 +64,8 @@ class StepContext:
   train_augment: bool = True
   frozen_dtype: str | None = None  # openpi keeps frozen weights in bf16
   mesh: Any = None
+  # Params outside the optimizer ("/"-joined path -> bool): `optimizer.frozen_filter`.
+  is_frozen: Any = None
 
 
 def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
@@ -117,7 +119,7 @@ def init_state(ctx: StepContext, rng, partial_params: dict) -> TrainState:
   params = ctx.model_config.create(rng).params
   if partial_params:
     params = tree_lib.merge(params, partial_params)
-  trainable, frozen = _optimizer.partition(params, ctx.model_config.freeze_filter)
+  trainable, frozen = _optimizer.partition(params, ctx.is_frozen)
   if ctx.frozen_dtype:
     frozen = jax.tree.map(lambda x: x.astype(ctx.frozen_dtype), frozen)
   return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen, opt_state=ctx.tx.init(trainable),
@@ -148,15 +150,16 @@ class Setup:
 
 
 def make_setup(config, model_config, mesh) -> Setup:
-  trainable, _ = _optimizer.partition(model_config.abstract_params(), model_config.freeze_filter)
+  is_frozen = _optimizer.frozen_filter(model_config, vl_cotrain=config.vl_cotrain_weight > 0)
+  trainable, _ = _optimizer.partition(model_config.abstract_params(), is_frozen)
   schedule = _optimizer.create_schedule(config.schedule)
   tx = _optimizer.create_optimizer(config.optimizer, trainable, schedule,
                                    vlm_lr_multiplier=model_config.vlm_lr_multiplier)
-  ctx = StepContext(model_config=model_config, tx=tx, schedule=schedule, ema_decay=config.get("ema_decay"),
-                    grad_accum_steps=config.get("grad_accum_steps", 1), train_augment=config.get("train_augment", True),
-                    frozen_dtype=config.get("frozen_dtype") or None, mesh=mesh)
+  ctx = StepContext(model_config=model_config, tx=tx, schedule=schedule, ema_decay=config.ema_decay,
+                    grad_accum_steps=config.grad_accum_steps, train_augment=config.train_augment,
+                    frozen_dtype=config.frozen_dtype or None, mesh=mesh, is_frozen=is_frozen)
   abstract_state = jax.eval_shape(lambda: init_state(ctx, jax.random.key(0), {}))
-  shardings = _sharding.fsdp_sharding(abstract_state, mesh, min_fsdp_mbytes=config.mesh.get("min_fsdp_mbytes", 4.0))
+  shardings = _sharding.fsdp_sharding(abstract_state, mesh, min_fsdp_mbytes=config.mesh.min_fsdp_mbytes)
   return Setup(ctx, shardings, abstract_state)
 
 
@@ -171,103 +174,139 @@ def init_train_state(setup: Setup, rng, partial_params: dict | None = None) -> T
 
 def load_initial_params(config, model_config, abstract_params) -> dict:
   """Partial params from `init_from` (Stage 1 -> Stage 2) or the weight loader; {} for scratch."""
-  if config.get("init_from"):
+  if config.init_from:
     params_dir = checkpoints.resolve_params_dir(config.init_from)
     stage1 = checkpoints.restore_params(params_dir, restore_type=np.ndarray)
     partial, restored, new = model_config.stage2_partial_params(stage1, abstract_params)
     logging.info("init_from %s: restored %d params, initialised %d new: %s", params_dir, len(restored), len(new), new)
     return partial
-  return weight_loaders.create_weight_loader(config.get("weight_loader")).load_partial(abstract_params)
+  return weight_loaders.create_weight_loader(config.weight_loader).load_partial(abstract_params)
 
 
 # --- Main loop --------------------------------------------------------------------------------------------------
 
 
-def validate_config(config):
+def validate_config(config, model_config):
   n = jax.device_count()
   if config.batch_size % n:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n})")
-  if config.batch_size % config.get("grad_accum_steps", 1):
+  if config.batch_size % config.grad_accum_steps:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by grad_accum_steps")
-  if config.get("init_from") and config.model.kwargs.get("apt_stage") != "stage2":
+  if config.init_from and model_config.apt_stage != "stage2":
     raise ValueError("config.init_from initialises Stage 2 from a Stage 1 checkpoint: set model.kwargs.apt_stage="
                      "'stage2'")
 
 
+def load_norm_stats(config) -> dict[str, dict[str, normalize.NormStats]]:
+  """The norm stats the run normalizes with, as the checkpoint stores them: `{asset_id: stats}`, the top-level file
+  under `config.asset_id` and each dataset's own under its name. Read before anything else, so that a configured
+  file that is missing fails at once, naming it."""
+  data = _data.parse_data_config(config.data)
+  paths = {}
+  if data.norm_stats_path:
+    if not config.asset_id:
+      raise ValueError("config.asset_id names the checkpoint's norm stats (assets/<asset_id>/norm_stats.json): "
+                       f"set it, since config.data.norm_stats_path={data.norm_stats_path!r}")
+    paths[config.asset_id] = ("config.data.norm_stats_path", data.norm_stats_path)
+  for i, e in enumerate(data.datasets):
+    if e.norm_stats_path:
+      if e.name in paths and paths[e.name][1] != e.norm_stats_path:
+        raise ValueError(f"config.data.datasets[{i}].norm_stats_path: dataset {e.name!r} would store its stats under "
+                         f"assets/{e.name}/, which {paths[e.name][0]} already uses")
+      paths[e.name] = (f"config.data.datasets[{i}].norm_stats_path", e.norm_stats_path)
+  out = {}
+  for asset_id, (key, path) in paths.items():
+    try:
+      out[asset_id] = normalize.load(path)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"{key}: {e}") from None
+  return out
+
+
 def main(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Trains; returns the last logged metrics. Resumes from `<workdir>/checkpoints` when it holds a step."""
+  """Trains; returns the last logged metrics. Resumes from the newest step under `<workdir>/checkpoints` that
+  restores (a broken newer step is reported and set aside)."""
+  config = configs.finalize(config)
   distributed.initialize(config)
-  validate_config(config)
+  model_config = configs.model_config(config)
+  validate_config(config, model_config)
+  norm_stats = load_norm_stats(config)
   workdir = pathlib.Path(workdir).absolute()
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-  model_config = configs.model_config(config)
-  mesh = _sharding.make_mesh(config.mesh.get("fsdp_devices", 1))
+  mesh = _sharding.make_mesh(config.mesh.fsdp_devices)
   setup = make_setup(config, model_config, mesh)
-  ckpt = checkpoints.CheckpointManager(workdir / "checkpoints", max_to_keep=config.get("max_to_keep", 1),
-                                       keep_period=config.get("keep_period"),
-                                       async_save=config.get("async_checkpoint", True))
+  ckpt = checkpoints.CheckpointManager(workdir / "checkpoints", max_to_keep=config.max_to_keep,
+                                       keep_period=config.keep_period, async_save=config.async_checkpoint)
   data_iter = _data.create_data(config, model_config, process_index=jax.process_index(),
                                 process_count=jax.process_count())
   batch_spec = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh))
   rng = jax.random.key(config.seed)
   train_rng, init_rng = jax.random.split(rng)
 
-  start = ckpt.latest_step()
-  if start is not None:
-    logging.info("Resuming from %s step %d", ckpt.directory, start)
-    state, data_state = ckpt.restore(start, setup.abstract_state, setup.state_shardings, model_config.freeze_filter)
-    if data_state:
-      data_iter.set_state(data_state)
+  restored = ckpt.restore_latest(setup.abstract_state, setup.state_shardings, setup.ctx.is_frozen)
+  if restored is not None:
+    start, state, data_state = restored
+    logging.info("Resuming from %s step %d: %d steps to go", ckpt.directory, start, config.num_train_steps - start)
+    data_iter.set_state(data_state)
   else:
     state = init_train_state(setup, init_rng, load_initial_params(config, model_config, setup.abstract_params()))
     start = 0
   _model.log_param_counts(_optimizer.combine(state.params, state.frozen))
 
   step_fn = setup.jit_train_step()
-  writer = _metrics.MetricWriter(workdir, enabled=is_main)
+  all_finite = jax.jit(_all_finite)
+  # Metrics of steps after the restored one (logged before a crash) are dropped: the run logs them again.
+  writer = _metrics.MetricWriter(workdir, enabled=is_main, start_step=start)
   num_steps = config.num_train_steps
-  log_every = config.get("log_every_steps", 10)
-  ckpt_every = config.get("ckpt_every_steps", 1000)
-  stats_path = config.data.get("norm_stats_path")
-  save_kw = dict(model_config=model_config, norm_stats=normalize.load(stats_path) if stats_path else None,
-                 asset_id=config.get("asset_id") or None,
+  save_kw = dict(model_config=model_config, norm_stats=norm_stats,
                  policy_config=_policy_config.policy_config_from_experiment(config))
   pbar = None
-  if is_main and config.get("progress_bar", True):
+  if is_main and config.progress_bar:
     from tqdm import tqdm
-    pbar = tqdm(total=num_steps, initial=start, dynamic_ncols=True, desc=config.get("name", "train"))
+    pbar = tqdm(total=num_steps, initial=start, dynamic_ncols=True, desc=config.name)
 
-  pending, last, t0 = None, {}, time.time()
+  log = functools.partial(_check_and_log, writer=writer, pbar=pbar, log_every=config.log_every_steps,
+                          num_steps=num_steps, t0=time.time())
+  pending, last = None, {}
   for step in range(start, num_steps):
     batch = _batch.to_global_batch(next(data_iter), batch_spec)
     state, metrics = step_fn(train_rng, state, batch)
     # Check the previous step while this one runs: catches NaN/Inf one step late without stalling the device.
     if pending is not None:
-      last = _check_and_log(pending, writer, pbar, log_every, num_steps, t0)
+      last = log(*pending)
     pending = (step, metrics)
-    if (step + 1) % ckpt_every == 0 or step + 1 == num_steps:
-      last = _check_and_log(pending, writer, pbar, log_every, num_steps, t0)
+    if (step + 1) % config.ckpt_every_steps == 0 or step + 1 == num_steps:
+      # Before a checkpoint: this step's loss and gradients, and the params it produced, must be finite.
+      last = log(*pending)
       pending = None
+      if not bool(all_finite(state)):
+        raise FloatingPointError(f"Non-finite params after step {step}: stopping before its checkpoint (step "
+                                 f"{step + 1}); the last checkpoint is kept")
       ckpt.save(step + 1, state, data_state=data_iter.get_state(), **save_kw)
   if pending is not None:
-    last = _check_and_log(pending, writer, pbar, log_every, num_steps, t0)
+    last = log(*pending)
   ckpt.close()
   writer.close()
   if pbar is not None:
     pbar.close()
   if is_main and _metrics.read_metrics(workdir):
-    _metrics.plot_losses({config.get("name", "train"): workdir}, workdir / "loss.png")
+    _metrics.plot_losses({config.name: workdir}, workdir / "loss.png")
   return last
 
 
-def _check_and_log(pending, writer, pbar, log_every, num_steps, t0) -> dict:
-  step, metrics = pending
+def _all_finite(state: TrainState) -> jax.Array:
+  leaves = jax.tree.leaves((state.params, state.ema_params))
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _check_and_log(step, metrics, *, writer, pbar, log_every, num_steps, t0) -> dict:
   metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not math.isfinite(metrics["loss"]):
-    raise FloatingPointError(f"Non-finite loss {metrics['loss']} at step {step}: stopping (last checkpoint kept)")
+  for k in ("loss", "grad_norm"):
+    if not math.isfinite(metrics[k]):
+      raise FloatingPointError(f"Non-finite {k} {metrics[k]} at step {step}: stopping (last checkpoint kept)")
   if pbar is not None:
     pbar.update(1)
     pbar.set_postfix(loss=f"{metrics['loss']:.4f}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import pathlib
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,6 +81,33 @@ def _wait_healthy(port: int, proc, timeout: float = 300.0) -> None:
       pass
     time.sleep(0.25)
   raise TimeoutError("server did not come up")
+
+
+@contextlib.contextmanager
+def server_subprocess(ckpt: pathlib.Path, port: int, log, *flags: str) -> Iterator[subprocess.Popen]:
+  """`python -m apt_jax.serve --checkpoint CKPT --port PORT FLAGS...` (output to `log`): healthy on entry,
+  terminated on exit."""
+  cmd = [sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(ckpt), "--port", str(port), *flags]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+  try:
+    _wait_healthy(port, proc)
+    yield proc
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+
+
+def emit(result: dict, out: str | None) -> dict:
+  """Prints the result as JSON (and writes it to `out`)."""
+  text = json.dumps(result, indent=1)
+  print(text)
+  if out:
+    pathlib.Path(out).write_text(text)
+  return result
 
 
 def _stats_ms(xs) -> dict:
@@ -171,30 +200,15 @@ def main(argv=None) -> dict:
   request_bytes = len(packb(obs))
 
   port = _free_port()
-  proc = server = None
-  with open(pathlib.Path(tmp.name) / "server.log", "w") as log:
-    try:
-      if args.in_process:
-        server = serve.PolicyServer(pol, port=port, infer_threads=args.infer_threads).start()
-      else:
-        cmd = [sys.executable, "-m", "apt_jax.serve", "--checkpoint", str(ckpt), "--port", str(port),
-               "--infer_threads", str(args.infer_threads)]
-        if args.tokenizer:
-          cmd += ["--tokenizer", args.tokenizer]
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)))
-      _wait_healthy(port, proc)
-      runs = [run_clients(port, int(n), args.requests, make_obs) for n in args.clients.split(",")]
-      paired = run_clients(port, 1, args.requests, make_obs, direct=pol)
-    finally:
-      if server is not None:
-        server.stop()
-      if proc is not None:
-        proc.terminate()
-        try:
-          proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-          proc.kill()
+  with open(pathlib.Path(tmp.name) / "server.log", "w") as log, contextlib.ExitStack() as stack:
+    if args.in_process:
+      stack.callback(serve.PolicyServer(pol, port=port, infer_threads=args.infer_threads).start().stop)
+      _wait_healthy(port, None)
+    else:
+      tokenizer = ["--tokenizer", args.tokenizer] if args.tokenizer else []
+      stack.enter_context(server_subprocess(ckpt, port, log, "--infer_threads", str(args.infer_threads), *tokenizer))
+    runs = [run_clients(port, int(n), args.requests, make_obs) for n in args.clients.split(",")]
+    paired = run_clients(port, 1, args.requests, make_obs, direct=pol)
 
   direct_stats = _stats_ms(direct)
   pd, pr = paired["paired_direct_infer_ms"]["median"], paired["round_trip_ms"]["median"]
@@ -216,11 +230,7 @@ def main(argv=None) -> dict:
       "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
   }
   tmp.cleanup()
-  text = json.dumps(result, indent=1)
-  print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text)
-  return result
+  return emit(result, args.out)
 
 
 if __name__ == "__main__":

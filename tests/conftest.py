@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-OPENPI_FIXTURE = REPO_ROOT.parent / "shared" / "testdata" / "openpi_pi0_tiny"
-OPENPI_PI05_FIXTURE = REPO_ROOT.parent / "shared" / "testdata" / "openpi_pi05_tiny"
+# The ground-truth fixtures (openpi's own outputs), next to the repo unless $APT_JAX_TESTDATA says where.
+TESTDATA = pathlib.Path(os.environ.get("APT_JAX_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+OPENPI_FIXTURE = TESTDATA / "openpi_pi0_tiny"
+OPENPI_PI05_FIXTURE = TESTDATA / "openpi_pi05_tiny"
 
 _COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 _OBJECTS = ["block", "bowl", "cup", "mug", "plate", "sponge", "spoon", "can", "bottle", "box"]
@@ -38,13 +40,18 @@ def robot_instructions():
   return out
 
 
+def unavailable(message: str):
+  """A test's inputs are missing: it skips, but fails under CI=true (CI must not pass with zero parity checks)."""
+  if os.environ.get("CI", "").lower() == "true":
+    pytest.fail(f"{message} (CI=true: a missing input fails instead of skipping)", pytrace=False)
+  pytest.skip(message)
+
+
 def _fixture(path: pathlib.Path) -> pathlib.Path:
-  """An openpi fixture under ../shared/testdata; missing: a skip, or a failure under CI=true (CI has them)."""
+  """An openpi fixture under the test data (skip, or fail under CI=true, when missing)."""
   if not (path / "expected.npz").exists():
-    message = f"openpi parity fixture not found at {path} (expected next to the repo, in ../shared/testdata)"
-    if os.environ.get("CI") == "true":
-      pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"openpi parity fixture not found at {path} (expected next to the repo, in ../shared/testdata/"
+                f"{path.name}, or under $APT_JAX_TESTDATA)")
   return path
 
 

@@ -34,7 +34,7 @@ def create_data_loader(data_config, *, batch_size: int, seed: int, action_horizo
 def create_data(config, model_config, *, process_index: int = 0, process_count: int = 1):
   """The per-process iterator for an experiment config's `data`: the RLDS pipeline, or random batches of the model's
   spec with `kind: "fake"`."""
-  if config.data.get("kind", "rlds") == "fake":
+  if config.data.kind == "fake":
     from apt_jax.data import batch
     return batch.FakeData(model_config, config.batch_size // process_count, config.seed, process_index)
   return create_data_loader(

@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-from apt_jax import configs
+from apt_jax import experiment_files
 
 _MODULE_NAME = "apt_jax_rlds_builders"
 
@@ -20,7 +20,7 @@ def rlds_builders() -> ModuleType:
   """Returns the `data/rlds_builders` package (write_episodes, libero_features, droid_features, ...)."""
   if _MODULE_NAME in sys.modules:
     return sys.modules[_MODULE_NAME]
-  pkg_dir = configs.REPO_ROOT / "data" / "rlds_builders"
+  pkg_dir = experiment_files.REPO_ROOT / "data" / "rlds_builders"
   spec = importlib.util.spec_from_file_location(
       _MODULE_NAME, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)])
   if spec is None or spec.loader is None:

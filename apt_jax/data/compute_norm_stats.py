@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from apt_jax import configs
+from apt_jax import experiment_files
 from apt_jax.data import adapters as _adapters
 from apt_jax.data import config as _config
 from apt_jax.data import normalize as _normalize
@@ -102,7 +102,7 @@ def main(argv=None) -> pathlib.Path:
 
   config, out = None, args.out
   if args.config:
-    config = configs.load(args.config)
+    config = experiment_files.load(args.config)
     data_config = _get(config, "data")
     if data_config is None:
       parser.error(f"{args.config}: the config has no `data` field")

@@ -1,16 +1,15 @@
 """The data config (`config.data` in an experiment config): fields, defaults and parsing.
 
 `data_config` is an ml_collections ConfigDict or a plain dict with the fields of `DataConfig`; each `datasets` entry
-has the fields of `DatasetEntry`. One comment per field says what it does.
+has the fields of `DatasetEntry`. One comment per field says what it does. An unknown key is an error naming it and
+the closest valid key (`check_keys`, also used for the rest of an experiment config).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Mapping
-
-_log = logging.getLogger(__name__)
+import difflib
+from collections.abc import Iterable, Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,18 +27,20 @@ class DatasetEntry:
   version: str | None = None
   # Overrides of adapter fields (feature keys, dims, file_path_regex).
   adapter_kwargs: Mapping = dataclasses.field(default_factory=dict)
-  # Per-dataset override of the top-level norm_stats_path.
+  # Per-dataset override of the top-level norm_stats_path; the checkpoint stores these stats under the dataset's
+  # name (`assets/<name>/norm_stats.json`).
   norm_stats_path: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  # One entry per RLDS dataset (DatasetEntry fields), at least one.
-  datasets: tuple[DatasetEntry, ...]
-  # The data source: "rlds" (this pipeline); apt_jax.train also takes "fake" (random batches of the model's spec, no
-  # other field needed).
+  # One entry per RLDS dataset (DatasetEntry fields), at least one for kind "rlds".
+  datasets: tuple[DatasetEntry, ...] = ()
+  # The data source: "rlds" (this pipeline) or "fake" (apt_jax.train: random batches of the model's spec; the other
+  # fields only feed the checkpoint's norm stats and policy settings).
   kind: str = "rlds"
-  # norm_stats.json (or its directory) in openpi's format; None: no normalization (a warning is logged).
+  # norm_stats.json (or its directory) in openpi's format; None: no normalization. A path that does not exist fails
+  # before training starts. The checkpoint stores these stats under the run's asset_id.
   norm_stats_path: str | None = None
   # Action dims made relative to the current state before normalization: k means the first k dims (openpi's LIBERO
   # uses 6), a list of bools is a per-dim mask.
@@ -84,35 +85,51 @@ def _to_dict(cfg) -> dict:
   raise TypeError(f"data_config must be a ConfigDict or a dict, got {type(cfg).__name__}")
 
 
+def check_keys(d: Mapping, valid: Iterable[str], where: str) -> None:
+  """Raises ValueError naming the first key of `d` not in `valid`, with the closest valid key."""
+  valid = sorted(valid)
+  for k in d:
+    if k not in valid:
+      close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
+      hint = f"did you mean {close[0]!r}? " if close else ""
+      raise ValueError(f"{where}: unknown key {k!r}; {hint}(valid keys: {', '.join(valid)})")
+
+
+def to_dict(cfg: DataConfig) -> dict:
+  """DataConfig -> the plain dict `parse_data_config` reads back (tuples as lists)."""
+  d = dataclasses.asdict(cfg)
+  d["datasets"] = [dict(e, adapter_kwargs=dict(e["adapter_kwargs"])) for e in d["datasets"]]
+  return d
+
+
 def parse_data_config(cfg) -> DataConfig:
-  """ConfigDict / dict -> DataConfig, with defaults filled in and values checked. Unknown keys are logged."""
+  """ConfigDict / dict -> DataConfig, with defaults filled in and values checked; an unknown key is an error."""
   if isinstance(cfg, DataConfig):
     return cfg
   d = _to_dict(cfg)
-  known = {f.name for f in dataclasses.fields(DataConfig)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    _log.warning("data_config: ignoring unknown fields %s (known: %s)", unknown, sorted(known))
-  raw_datasets = d.get("datasets")
-  if not raw_datasets:
+  known = [f.name for f in dataclasses.fields(DataConfig)]
+  check_keys(d, known, "data_config")
+  if d.get("kind", "rlds") not in ("rlds", "fake"):
+    raise ValueError(f"data_config.kind={d['kind']!r}: expected 'rlds' (RLDS datasets) or 'fake' (random batches)")
+  raw_datasets = d.get("datasets") or ()
+  if not raw_datasets and d.get("kind", "rlds") == "rlds":
     raise ValueError("data_config.datasets must list at least one dataset")
-  entry_fields = {f.name for f in dataclasses.fields(DatasetEntry)}
+  entry_fields = [f.name for f in dataclasses.fields(DatasetEntry)]
   datasets = []
   for i, e in enumerate(raw_datasets):
     e = _to_dict(e)
-    bad = sorted(set(e) - entry_fields)
-    if bad:
-      raise ValueError(f"data_config.datasets[{i}]: unknown fields {bad} (known: {sorted(entry_fields)})")
+    check_keys(e, entry_fields, f"data_config.datasets[{i}]")
     for req in ("name", "data_dir"):
       if not e.get(req):
         raise ValueError(f"data_config.datasets[{i}]: missing {req!r}")
-    e["adapter_kwargs"] = _to_dict(e.get("adapter_kwargs") or {})
+    if "adapter_kwargs" in e:
+      e["adapter_kwargs"] = _to_dict(e["adapter_kwargs"] or {})
     e["data_dir"] = str(e["data_dir"])
-    e["weight"] = float(e.get("weight", 1.0))
-    if e["weight"] < 0:
-      raise ValueError(f"data_config.datasets[{i}] ({e['name']}): negative weight {e['weight']}")
-    datasets.append(DatasetEntry(**e))
-  if sum(e.weight for e in datasets) <= 0:
+    entry = DatasetEntry(**e)
+    if entry.weight < 0:
+      raise ValueError(f"data_config.datasets[{i}] ({entry.name}): negative weight {entry.weight}")
+    datasets.append(dataclasses.replace(entry, weight=float(entry.weight)))
+  if datasets and sum(e.weight for e in datasets) <= 0:
     raise ValueError("data_config.datasets: the weights sum to 0")
   kwargs = {k: d[k] for k in known if k in d and k != "datasets" and d[k] is not None}
   if "delta_action_dims" in kwargs and not isinstance(kwargs["delta_action_dims"], (int, bool)):
@@ -123,8 +140,6 @@ def parse_data_config(cfg) -> DataConfig:
     if k in kwargs:
       kwargs[k] = str(kwargs[k])
   out = DataConfig(datasets=tuple(datasets), **kwargs)
-  if out.kind != "rlds":
-    raise ValueError(f"data_config.kind={out.kind!r}: this pipeline reads RLDS datasets (kind 'rlds')")
   if out.shuffle_buffer < 1 or out.episodes_per_block < 1:
     raise ValueError("data_config.shuffle_buffer and episodes_per_block must be >= 1")
   return out

@@ -218,6 +218,8 @@ class DataLoader:
                shuffle: bool = True, train: bool = True, discrete_state_input: bool = False):
     from apt_jax.models.tokenizer import PaligemmaTokenizer
     self.cfg = _config.parse_data_config(data_config)
+    if self.cfg.kind != "rlds":
+      raise ValueError(f"data_config.kind={self.cfg.kind!r}: this loader reads RLDS datasets (kind 'rlds')")
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if int(seed) < 0:
@@ -244,7 +246,7 @@ class DataLoader:
       self._streams.append(_Stream(i, entry, source, cfg=self.cfg, seed=self.seed, process_index=process_index,
                                    process_count=process_count, shuffle=shuffle, train=train,
                                    tokenizer=self.tokenizer))
-      self._norm.append(self._load_norm_stats(entry))
+      self._norm.append(self._load_norm_stats(entry, source))
     self._mixture = MixtureSampler([e.weight for e in self.cfg.datasets], self.seed, process_index)
     self._samples = 0
     self._cache = _ImageCache(int(self.cfg.image_cache_mb * 2**20))
@@ -260,27 +262,32 @@ class DataLoader:
 
   # ----------------------------------------------------------------------------------------------- construction
 
-  def _check_widths(self, source: _rlds.RldsSource) -> None:
+  @staticmethod
+  def _widths(source: _rlds.RldsSource) -> dict[str, int]:
+    """{"state": width, "actions": width} of a dataset's per-step vectors (those its spec gives)."""
     ad = source.adapter
-    for what, keys in (("state", ad.state_keys), ("actions", ad.action_keys)):
-      if all(k in source.shapes for k in keys):
-        width = sum(int(np.prod(source.shapes[k])) or 1 for k in keys)
-        if width > self.action_dim:
-          raise ValueError(f"dataset {source.name}: {what} width {width} exceeds action_dim={self.action_dim}")
+    return {what: sum(int(np.prod(source.shapes[k])) or 1 for k in keys)
+            for what, keys in (("state", ad.state_keys), ("actions", ad.action_keys))
+            if all(k in source.shapes for k in keys)}
 
-  def _load_norm_stats(self, entry: _config.DatasetEntry):
+  def _check_widths(self, source: _rlds.RldsSource) -> None:
+    for what, width in self._widths(source).items():
+      if width > self.action_dim:
+        raise ValueError(f"dataset {source.name}: {what} width {width} exceeds action_dim={self.action_dim}")
+
+  def _load_norm_stats(self, entry: _config.DatasetEntry, source: _rlds.RldsSource):
     path = entry.norm_stats_path or self.cfg.norm_stats_path
     if not path:
       _log.warning("dataset %s: no norm_stats_path, state and actions are NOT normalized", entry.name)
       return None
     stats = _normalize.load(path)
     for key in ("state", "actions"):
-      if key not in stats:
+      if key in (widths := self._widths(source)):
+        _normalize.check_width(stats, key, widths[key], self.action_dim, f"dataset {entry.name} with {path}")
+      elif key not in stats:
         raise ValueError(f"{path}: norm stats lack {key!r} (has {sorted(stats)})")
-    if self.cfg.use_quantile_norm:
-      for key in ("state", "actions"):
-        if stats[key].q01 is None:
-          raise ValueError(f"{path}: use_quantile_norm needs q01/q99 for {key!r}")
+      if self.cfg.use_quantile_norm and stats[key].q01 is None:
+        raise ValueError(f"{path}: use_quantile_norm needs q01/q99 for {key!r}")
     return stats
 
   # ----------------------------------------------------------------------------------------------- state

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -179,6 +180,17 @@ def unnormalize(x, stats: NormStats, use_quantiles: bool = False) -> np.ndarray:
     head = (x[..., :k] + 1.0) / 2.0 * (b - a + EPS) + a
     return np.concatenate([head, x[..., k:]], -1).astype(np.float32)
   return (x * (b + EPS) + a).astype(np.float32)
+
+
+def check_width(stats: Mapping[str, NormStats], key: str, width: int, padded_width: int, where: str) -> None:
+  """Stats of `key` must cover the data's `width` raw dims, or the model's `padded_width` (stats computed on padded
+  vectors, as older openpi pipelines did); anything else is an error naming both dims."""
+  if key not in stats:
+    raise ValueError(f"{where}: the norm stats have no {key!r} entry (they have {sorted(stats)})")
+  dim = stats[key].dim
+  if dim not in (width, padded_width):
+    raise ValueError(f"{where}: norm stats for {key!r} have {dim} dims but the {key} has {width} (the model pads to "
+                     f"{padded_width})")
 
 
 def pad_stats(stats: NormStats, dim: int) -> NormStats:

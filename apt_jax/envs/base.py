@@ -7,8 +7,8 @@
 Every problem with a request raises `InputError` naming the field, so the server answers with an error frame.
 
 Differences from openpi, all on inputs openpi would accept silently or crash on: fields are validated (presence,
-rank, size, dtype, finiteness); float images are clipped to [0, 1] before `(255 * x).astype(uint8)` (openpi wraps);
-images may be (H, W, 3) or (3, H, W) for every env; strings may arrive as str or a 0-d / 1-element NumPy array.
+rank, size, dtype, finiteness); float images must lie in [-1, 1] (openpi wraps anything outside [0, 1]); images may
+be (H, W, 3) or (3, H, W) for every env; strings may arrive as str or a 0-d / 1-element NumPy array.
 """
 
 from __future__ import annotations
@@ -107,7 +107,11 @@ def get_field(obs: Mapping, key: str):
 
 
 def parse_image(x, field: str) -> np.ndarray:
-  """(H, W, 3) or (3, H, W), uint8 or float in [0, 1] -> uint8 (H, W, 3) (openpi's `_parse_image`, validated)."""
+  """(H, W, 3) or (3, H, W), uint8 or float in [-1, 1] -> uint8 (H, W, 3) (openpi's `_parse_image`, validated).
+
+  Floats without negative values are openpi's [0, 1] (`255 * x`); with negative values, the model's own [-1, 1]
+  (`(x + 1) * 127.5`). Anything outside [-1, 1] (e.g. 0..255 sent as float) is an error naming the observed range.
+  """
   if not isinstance(x, np.ndarray):
     raise InputError(field, f"expected an image array, got {describe(x)}")
   if x.ndim != 3:
@@ -123,8 +127,13 @@ def parse_image(x, field: str) -> np.ndarray:
   if np.issubdtype(x.dtype, np.floating):
     if not np.all(np.isfinite(x)):
       raise InputError(field, "float image has NaN or infinite values")
-    return (255 * np.clip(x.astype(np.float32), 0.0, 1.0)).astype(np.uint8)  # openpi wraps out-of-range values
-  raise InputError(field, f"expected dtype uint8 (or float in [0, 1]), got {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.0 or hi > 1.0:
+      raise InputError(field, f"float image values must lie in [-1, 1] ([0, 1] or [-1, 1]); observed range "
+                       f"[{lo:g}, {hi:g}] (send 0..255 images as uint8)")
+    x = x.astype(np.float32)
+    return np.round((x + 1.0) * 127.5).astype(np.uint8) if lo < 0 else (255 * x).astype(np.uint8)
+  raise InputError(field, f"expected dtype uint8 (or float in [-1, 1]), got {x.dtype}")
 
 
 def parse_vector(x, field: str, dim: int) -> np.ndarray:

@@ -19,7 +19,13 @@ def test_configdict_and_defaults():
 @pytest.mark.parametrize("bad, match", [
     ({"datasets": []}, "at least one dataset"),
     ({"datasets": [{"name": "x"}]}, "missing 'data_dir'"),
-    ({"datasets": [{"name": "x", "data_dir": "/d", "wieght": 2}]}, "unknown fields \\['wieght'\\]"),
+    ({"datasets": [{"name": "x", "data_dir": "/d", "wieght": 2}]},
+     r"datasets\[0\]: unknown key 'wieght'; did you mean 'weight'\?"),
+    # Misspelt keys used to be warned about and dropped: the run then trained without them.
+    ({"datasets": [{"name": "x", "data_dir": "/d"}], "skip_bad_record": True},
+     r"unknown key 'skip_bad_record'; did you mean 'skip_bad_records'\?"),
+    ({"datasets": [{"name": "x", "data_dir": "/d"}], "norm_stat_path": "/s.json"},
+     r"unknown key 'norm_stat_path'; did you mean 'norm_stats_path'\?"),
     ({"datasets": [{"name": "x", "data_dir": "/d", "weight": 0}]}, "weights sum to 0"),
     ({"datasets": [{"name": "x", "data_dir": "/d"}], "shuffle_buffer": 0}, "shuffle_buffer"),
 ])

@@ -3,15 +3,16 @@ openpi's own `nnx.eval_shape`): names, shapes, dtypes, leaf and parameter counts
 Checked through `jax.eval_shape`, so nothing is allocated."""
 
 import math
-import pathlib
 import re
 
 import pytest
 
 from apt_jax import tree as tree_lib
 from apt_jax.models import pi0
+from tests.conftest import TESTDATA
+from tests.conftest import unavailable
 
-TREES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "openpi_param_trees"
+TREES = TESTDATA / "openpi_param_trees"
 CONFIGS = {
     "pi0_gemma_2b__gemma_300m": {},
     "pi0_dummy__dummy": dict(paligemma_variant="dummy", action_expert_variant="dummy"),
@@ -26,7 +27,8 @@ def read_tree(name):
   """-> ({path: (shape, dtype)}, header fields: leaves, params, frozen)."""
   path = TREES / f"{name}.txt"
   if not path.exists():
-    pytest.skip(f"openpi parameter trees not found at {TREES}")
+    unavailable(f"openpi parameter trees not found at {TREES} (../shared/testdata/openpi_param_trees, or under "
+                "$APT_JAX_TESTDATA)")
   header, *lines = path.read_text().splitlines()
   fields = {k: int(v.replace(",", "")) for k, v in re.findall(r"(leaves|params|frozen_by_get_freeze_filter)=([\d,]+)",
                                                                header)}

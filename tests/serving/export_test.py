@@ -110,8 +110,9 @@ def test_export_with_experiment_config_writes_policy_config(tiny_ckpt, tmp_path)
   exp = ml_collections.ConfigDict({
       "model": {"head": "pi0", "kwargs": {}}, "tokenizer_path": "", "asset_id": ASSET_ID,
       "data": {"datasets": [{"name": "d", "data_dir": "/x", "adapter": "droid"}], "delta_action_dims": 7,
-               "use_quantile_norm": True}})
+               "use_quantile_norm": True, "norm_stats_path": "/x/norm_stats.json"}})
   out = tmp_path / "with_exp"
   export.export_openpi(tiny_ckpt, out, experiment_config=exp)
   pc = _policy_config.read_policy_config(out)
   assert (pc.env, pc.delta_action_dims, pc.use_quantile_norm, pc.asset_id) == ("droid", 7, True, ASSET_ID)
+  assert pc.normalized

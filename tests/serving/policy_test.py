@@ -1,6 +1,8 @@
 """Policy: openpi's input/output transforms around sample_actions, env adapters, checkpoint loading."""
 
+import dataclasses
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +84,10 @@ def test_images_any_size_float_and_chw_are_accepted(tiny_policy, rng):
   parsed = (255 * (img.astype(np.float32) / 255.0)).astype(np.uint8)
   np.testing.assert_array_equal(data2["image"]["base_0_rgb"][0], data_transforms.resize_with_pad(parsed, 224, 224))
   assert data["image_mask"]["right_wrist_0_rgb"].tolist() == [False]
+  # The model's own float convention, [-1, 1] (negative values): back to uint8 by (x + 1) * 127.5.
+  signed = img.astype(np.float32) / 127.5 - 1.0
+  data3, _ = tiny_policy.prepare(dict(obs, **{"observation/image": signed}))
+  np.testing.assert_array_equal(data3["image"]["base_0_rgb"][0], data_transforms.resize_with_pad(img, 224, 224))
 
 
 @pytest.mark.parametrize("mutate, field", [
@@ -90,6 +96,9 @@ def test_images_any_size_float_and_chw_are_accepted(tiny_policy, rng):
     (lambda o: o.__setitem__("observation/image", np.zeros((224, 224, 4), np.uint8)), "observation/image"),
     (lambda o: o.__setitem__("observation/image", np.zeros((224, 224), np.uint8)), "observation/image"),
     (lambda o: o.__setitem__("observation/image", np.zeros((224, 224, 3), np.int64)), "observation/image"),
+    (lambda o: o.__setitem__("observation/image", np.full((8, 8, 3), 1.5, np.float32)), "observation/image"),
+    (lambda o: o.__setitem__("observation/wrist_image", np.full((8, 8, 3), -1.01, np.float64)),
+     "observation/wrist_image"),
     (lambda o: o.__setitem__("observation/state", np.zeros(7)), "observation/state"),
     (lambda o: o.__setitem__("observation/state", np.array(["a"] * 8)), "observation/state"),
     (lambda o: o.__setitem__("observation/state", np.full(8, np.nan)), "observation/state"),
@@ -176,7 +185,11 @@ def test_policy_config_json_and_overrides(tiny_ckpt, tmp_path):
   assert _policy_config.PolicyConfig.from_json(json.loads(json.dumps(pc.to_json()))) == pc
   with pytest.raises(ValueError, match="bogus"):
     _policy_config.PolicyConfig.from_json({"bogus": 1})
-  pol = _policy.create_trained_policy(tiny_ckpt, dtype=None, env="droid", delta_action_dims=0, num_steps=3)
+  # DROID's 8 actions do not fit the checkpoint's LIBERO stats (7): refused, naming both; served unnormalized here.
+  with pytest.raises(ValueError, match="norm stats for 'actions' have 7 dims but the actions has 8"):
+    _policy.create_trained_policy(tiny_ckpt, env="droid")
+  pol = _policy.create_trained_policy(tiny_ckpt, dtype=None, env="droid", delta_action_dims=0, num_steps=3,
+                                      normalized=False)
   assert pol.metadata["env"] == "droid" and pol.metadata["action_dim"] == 8 and pol.num_steps == 3
   assert pol.metadata["param_dtype"] == "float32"
 
@@ -197,3 +210,38 @@ def test_apt_stage1_policy_needs_no_prompt(tiny_policy, rng):
   assert pol.infer(obs)["actions"].shape == (4, 7)
   with pytest.raises(ValueError, match="tokenizer"):
     _policy.Policy(tiny_policy.model, _policy.Transforms(env=tiny_policy.transforms.env))
+
+
+def _checkpoint_without_stats(tmp_path, tiny_ckpt, **policy_config):
+  step = tmp_path / "1000"
+  shutil.copytree(tiny_ckpt, step)
+  shutil.rmtree(step / "assets" / "physical-intelligence")
+  if policy_config:
+    pc = dataclasses.replace(_policy_config.read_policy_config(step), **policy_config)
+    _policy_config.write_policy_config(step / "assets", pc)
+  return step
+
+
+def test_missing_norm_stats_fail_at_startup_unless_allowed(tiny_ckpt, tmp_path):
+  step = _checkpoint_without_stats(tmp_path, tiny_ckpt)
+  with pytest.raises(FileNotFoundError, match=r"No norm stats under .*1000/assets.*allow_unnormalized"):
+    _policy.create_trained_policy(step)
+  assert _policy.create_trained_policy(step, allow_unnormalized=True).norm_stats is None
+  # An asset the checkpoint lacks is named with the ones it has.
+  with pytest.raises(FileNotFoundError, match=r"No norm stats for asset_id 'droid' at .*droid/norm_stats.json "
+                                              r"\(the checkpoint has: \['physical-intelligence/libero'\]\)"):
+    _policy.create_trained_policy(tiny_ckpt, asset_id="droid")
+  # A model trained without normalization needs none.
+  unnormalized = _checkpoint_without_stats(tmp_path / "u", tiny_ckpt, normalized=False)
+  assert _policy.create_trained_policy(unnormalized).norm_stats is None
+
+
+def test_norm_stats_of_the_wrong_width_are_refused_naming_both_dims(tiny_policy):
+  stats = dict(tiny_policy.norm_stats)
+  s = stats["state"]
+  stats["state"] = normalize.NormStats(mean=np.append(s.mean, 0.0), std=np.append(s.std, 1.0))
+  with pytest.raises(ValueError, match=r"norm stats for 'state' have 9 dims but the state has 8"):
+    _policy.Policy(tiny_policy.model, tiny_policy.transforms, stats)
+  stats = dict(tiny_policy.norm_stats, actions=normalize.NormStats(mean=np.zeros(6), std=np.ones(6)))
+  with pytest.raises(ValueError, match=r"norm stats for 'actions' have 6 dims but the actions has 7"):
+    _policy.Policy(tiny_policy.model, tiny_policy.transforms, stats)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from openpi_client import websocket_client_policy as wcp
 from websockets.sync.client import connect
 
 from apt_jax import msgpack_numpy
+from apt_jax import policy as _policy
 from apt_jax import serve
 from apt_jax import testing
 from tests.serving.conftest import clone
@@ -152,21 +155,92 @@ def test_malformed_requests_error_while_another_client_is_served(server, tiny_po
   assert good.infer(env.example(rng))["actions"].shape == (4, 7)
 
 
-def test_100mb_frame_is_refused_and_the_server_keeps_serving(server, tiny_policy, rng):
+def test_100mb_frame_is_closed_with_1009_and_the_server_keeps_serving(server, tiny_policy, rng):
   good = wcp.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
   ws, _ = _raw(server.port)
+  ws.send(b"\0" * (100 * 2**20))  # the server reads the header, refuses, and discards the rest until we close
   with pytest.raises(websockets.ConnectionClosed) as closed:
-    try:
-      ws.send(b"\0" * (100 * 2**20))
-    except websockets.ConnectionClosed:
-      raise
-    except OSError:  # the server may drop the socket while the frame is still being written
-      ws.recv(timeout=10)
-    ws.recv(timeout=10)
-  assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
-  assert closed.value.sent is None or closed.value.sent.code == 1009
+    ws.recv(timeout=30)
+  assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
   ws.close()
   assert good.infer(tiny_policy.transforms.env.example(rng))["actions"].shape == (4, 7)
+
+
+def test_float_images_outside_minus_one_one_are_refused_naming_the_field_and_range(server, tiny_policy, rng):
+  """A float image in 0..255 would have become all white (clipped to [0, 1])."""
+  obs = dict(tiny_policy.transforms.env.example(rng),
+             **{"observation/wrist_image": rng.uniform(0, 255, (64, 64, 3)).astype(np.float32)})
+  obs["observation/wrist_image"][0, 0, 0], obs["observation/wrist_image"][0, 0, 1] = 0.0, 255.0
+  msg, code = _expect_error(server.port, openpi_msgpack.packb(obs))
+  assert code == 1007
+  assert "'observation/wrist_image'" in msg and "observed range [0, 255]" in msg, msg
+
+
+def test_over_long_prompt_is_an_error_unless_the_policy_config_truncates(server, tiny_policy, rng):
+  long_prompt = " ".join(["pick up the red block and place it in the basket"] * 20)  # > max_token_len tokens
+  obs = tiny_policy.transforms.env.example(rng, prompt=long_prompt)
+  msg, code = _expect_error(server.port, openpi_msgpack.packb(obs))
+  assert code == 1007 and "field 'prompt'" in msg and "exceeds max_token_len=48" in msg, msg
+  truncating = dataclasses.replace(tiny_policy.transforms, truncate_prompt=True)
+  pol = _policy.Policy(tiny_policy.model, truncating, tiny_policy.norm_stats)
+  with running_server(pol) as s:
+    client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
+    assert client.infer(obs)["actions"].shape == (4, 7)
+    client._ws.close()
+
+
+class _HangsOnPrompt:
+  """A policy whose inference blocks until released when the prompt is "hang"; otherwise the tiny policy."""
+
+  def __init__(self, policy):
+    self.policy, self.release, self.metadata = policy, threading.Event(), policy.metadata
+
+  def infer(self, obs):
+    if obs.get("prompt") == "hang":
+      self.release.wait(60)
+    if obs.get("prompt") == "crash":
+      raise RuntimeError("the model fell over")
+    return self.policy.infer(obs)
+
+
+def test_hung_inference_times_out_with_1011_while_other_clients_are_served(tiny_policy, rng):
+  pol = _HangsOnPrompt(clone(tiny_policy, 4))
+  env = tiny_policy.transforms.env
+  try:
+    with running_server(pol, infer_timeout_s=2.0) as s:  # one inference thread: the hung one holds it
+      other = wcp.WebsocketClientPolicy(host="127.0.0.1", port=s.port)
+      with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        hung = pool.submit(_expect_error, s.port, openpi_msgpack.packb(env.example(rng, prompt="hang")))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert other.infer(env.example(rng))["actions"].shape == (4, 7)  # served after at most the timeout
+        assert time.monotonic() - t0 < 10
+        msg, code = hung.result(timeout=30)
+      assert code == 1011 and msg == "Inference timed out after 2.0 s", msg
+      assert other.infer(env.example(rng))["actions"].shape == (4, 7)
+      assert s.stats["timeouts"] == 1
+      other._ws.close()
+  finally:
+    pol.release.set()
+
+
+def test_inference_error_is_closed_with_1011(tiny_policy, rng):
+  with running_server(_HangsOnPrompt(clone(tiny_policy, 4))) as s:
+    msg, code = _expect_error(s.port, openpi_msgpack.packb(tiny_policy.transforms.env.example(rng, prompt="crash")))
+  assert code == 1011 and msg == "Internal server error: RuntimeError: the model fell over", msg
+
+
+def test_mixed_load_answers_every_malformed_request_with_1007_and_every_other_with_actions(server, tiny_policy):
+  """benchmarks/serving_soak.py at a small size: 4 clients, a quarter of the requests malformed (each kind)."""
+  from benchmarks import serving_soak
+
+  env = tiny_policy.transforms.env
+  out = serving_soak.soak(server.port, os.getpid(), 120, 4, 0.25, 0,
+                          lambda seed: env.example(np.random.default_rng(seed), prompt=serving_soak.PROMPT), (4, 7))
+  assert out["errors"]["unexpected"] == 0, out["errors"]["unexpected_examples"]
+  assert out["errors"]["expected_1007"] == out["malformed_sent"]
+  assert all(n > 0 for n in out["errors"]["by_kind"].values()), out["errors"]["by_kind"]
+  assert out["latency_ms"]["n"] + out["malformed_sent"] >= 120 - 120 // 20  # all but the warm-up are timed
 
 
 def test_concurrent_clients(server, tiny_policy):
@@ -203,9 +277,28 @@ def test_api_key(tiny_policy, rng):
     client._ws.close()
 
 
-def test_binds_localhost_by_default():
-  args = serve.build_parser().parse_args(["--checkpoint", "x"])
-  assert args.host == "127.0.0.1" and args.port == 8000 and args.max_frame_mb == 16
+def test_binds_localhost_by_default(tiny_ckpt, monkeypatch):
+  """The socket `python -m apt_jax.serve` listens on, without --host, is bound to 127.0.0.1."""
+  bound = []
+
+  def serve_once(self):
+    with self:
+      bound.append(self.address)
+
+  monkeypatch.setattr(serve.PolicyServer, "serve_forever", serve_once)
+  serve.main(["--checkpoint", str(tiny_ckpt), "--port", "0", "--no_warmup"])
+  assert len(bound) == 1 and bound[0][0] == "127.0.0.1" and bound[0][1] > 0
+
+
+def _listening_addresses(port: int) -> set[str]:
+  """IPv4 addresses with a socket listening on `port`, from the kernel's table (/proc/net/tcp, state 0A)."""
+  out = set()
+  for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+    local, state = line.split()[1], line.split()[3]
+    ip_hex, port_hex = local.split(":")
+    if state == "0A" and int(port_hex, 16) == port:
+      out.add(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+  return out
 
 
 def _free_port() -> int:
@@ -237,6 +330,7 @@ def test_cli_serves_a_checkpoint(tiny_ckpt, tmp_path, rng):
           pass
         assert time.monotonic() < deadline, "server did not come up: " + (tmp_path / "server.log").read_text()
         time.sleep(0.5)
+      assert _listening_addresses(port) == {"127.0.0.1"}  # the default bind, as the kernel sees it
       client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=port, api_key="cli-key")
       assert client.get_server_metadata()["env"] == "libero"
       out = client.infer(client_obs := {"observation/image": np.zeros((224, 224, 3), np.uint8),
@@ -255,7 +349,6 @@ def test_cli_serves_a_checkpoint(tiny_ckpt, tmp_path, rng):
 
 def test_serves_an_openpi_checkpoint(openpi_fixture_dir, tiny_tokenizer_path, tmp_path, rng):
   """openpi's own checkpoint (params + assets/<asset_id>/norm_stats.json, no model config) behind the server."""
-  from apt_jax import policy as _policy
   model_kwargs = testing.fixture_model_kwargs(openpi_fixture_dir)
   cfg = tmp_path / "model.json"
   cfg.write_text(json.dumps(dict(model_kwargs, dtype="bfloat16")))

@@ -1,83 +1,71 @@
-"""Tests that spawn processes: a SIGKILLed run resumes bit-exactly; two processes train together (jax.distributed).
+"""Two processes train together (jax.distributed on CPU) on the shipped RLDS sample, and a run stopped after a
+checkpoint resumes with each process continuing its own data stream: the result equals the uninterrupted run."""
 
-Both are slow (several JAX start-ups and compilations) and run with `make test-all`.
-"""
+from __future__ import annotations
 
 import json
-import os
-import pathlib
-import signal
+import shutil
 import socket
 import subprocess
-import sys
 import time
 
-import numpy as np
 import pytest
 
-from apt_jax import checkpoints
-from apt_jax import tree as tree_lib
+from tests.training.faults_test import assert_same_step
+from tests.training.faults_test import logged
+from tests.training.faults_test import train_cmd
+from tests.training.faults_test import train_env
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _train_cmd(workdir, *overrides):
-  return [sys.executable, "-m", "apt_jax.train", "--config", str(REPO / "experiments" / "debug.py:stage1"),
-          f"--workdir={workdir}", "--config.progress_bar=False", "--config.async_checkpoint=False",
-          "--config.ckpt_every_steps=2", "--config.max_to_keep=10", *overrides]
+STEPS = 6
 
 
-def _env(devices=1):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_train_cmd(straight, "--config.num_train_steps=4"), check=True, env=_env(), capture_output=True)
-  proc = subprocess.Popen(_train_cmd(killed, "--config.num_train_steps=10000"), env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "2" / "commit_success.txt").exists():
-    assert time.time() < deadline and proc.poll() is None, "training never wrote its step-2 checkpoint"
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  # Steps the killed run may have committed after 2 are dropped, as if it had died right after step 2.
-  for p in (killed / "checkpoints").iterdir():
-    if p.name.isdigit() and int(p.name) > 2:
-      import shutil
-      shutil.rmtree(p)
-  subprocess.run(_train_cmd(killed, "--config.num_train_steps=4"), check=True, env=_env(), capture_output=True)
-  a = tree_lib.flatten(checkpoints.restore_params(straight / "checkpoints/4/params", restore_type=np.ndarray))
-  b = tree_lib.flatten(checkpoints.restore_params(killed / "checkpoints/4/params", restore_type=np.ndarray))
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-def _free_port():
+def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_step_together(tmp_path):
-  """jax.distributed on CPU: 2 processes × 2 devices, one global batch, FSDP over all 4 devices."""
+def _train_two_processes(workdir, *overrides, timeout_s: float = 600) -> None:
+  """2 processes x 1 CPU device: params sharded over both (FSDP), each process reading its own half of every
+  batch. Output goes to files (a full pipe would block a process inside a collective); both are killed on timeout."""
   port = _free_port()
+  logs = [workdir.parent / f"{workdir.name}_process_{pid}.log" for pid in range(2)]
   procs = []
-  for pid in range(2):
-    cmd = _train_cmd(tmp_path / "wd", "--config.num_train_steps=1", "--config.data.kind=fake",
-                     "--config.mesh.fsdp_devices=4", "--config.mesh.min_fsdp_mbytes=0",
-                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
-                     f"--config.distributed.coordinator_address=127.0.0.1:{port}")
-    procs.append(subprocess.Popen(cmd, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
-  rows = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
-  assert len(rows) == 1 and np.isfinite(rows[0]["loss"])
-  assert (tmp_path / "wd" / "checkpoints" / "1" / "params").is_dir()
+  try:
+    for pid in range(2):
+      with open(logs[pid], "w") as log:
+        procs.append(subprocess.Popen(
+            train_cmd(workdir, f"--config.num_train_steps={STEPS}", "--config.mesh.fsdp_devices=2",
+                      "--config.mesh.min_fsdp_mbytes=0",
+                      "--config.data.shuffle_buffer=64", "--config.data.episodes_per_block=1",
+                      "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+                      f"--config.distributed.coordinator_address=127.0.0.1:{port}", *overrides),
+            env=train_env(1), stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for pid, p in enumerate(procs):
+    assert p.returncode == 0, f"process {pid} exited with {p.returncode}:\n{logs[pid].read_text()[-4000:]}"
+
+
+# Slow (2 x 2 JAX start-ups, ~2.5 min at load ~11), and on CPU not yet reliable: in 1 of 2 runs at load ~16
+# both processes hung in the first train step after the restore (gloo collectives; see the issue 14 report).
+@pytest.mark.slow
+def test_two_processes_resume_each_its_own_data_stream(tmp_path):
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  _train_two_processes(straight, "--config.max_to_keep=3")
+  ckpt = straight / "checkpoints"
+  states = [json.loads((ckpt / "4" / "data_state" / f"process_{i}.json").read_text()) for i in range(2)]
+  assert [s["process_index"] for s in states] == [0, 1] and states[0]["state"] != states[1]["state"]
+  # A run stopped right after committing step 4: the same files without the later step.
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(resumed / "checkpoints" / str(STEPS))
+  _train_two_processes(resumed, "--config.max_to_keep=3")
+  assert_same_step(ckpt / str(STEPS), resumed / "checkpoints" / str(STEPS))
+  assert [r["step"] for r in logged(resumed)] == list(range(STEPS))
+  assert [r["loss"] for r in logged(resumed)] == [r["loss"] for r in logged(straight)]

@@ -1,6 +1,8 @@
 """Training: sharding, frozen VLM, resume, Stage 1 -> Stage 2, and openpi's optimizer steps."""
 
+import contextlib
 import json
+import shutil
 
 import jax
 import ml_collections
@@ -22,7 +24,6 @@ from apt_jax.models import model as _model
 def debug_config(arg="stage1", **overrides) -> ml_collections.ConfigDict:
   c = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", arg)
   c.progress_bar = False
-  c.async_checkpoint = False
   c.num_train_steps = 4
   c.log_every_steps = 1
   for k, v in overrides.items():
@@ -99,32 +100,90 @@ def _final_params(workdir, step):
                                                      restore_type=np.ndarray))
 
 
+@contextlib.contextmanager
+def counted_steps():
+  """Counts the train steps `train.main` executes (calls of its jitted step) in the list it yields."""
+  calls, jit_train_step = [], train.Setup.jit_train_step
+
+  def counting(self, **kw):
+    step = jit_train_step(self, **kw)
+    return lambda *args: (calls.append(1), step(*args))[1]
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train.Setup, "jit_train_step", counting)
+    yield calls
+
+
+def _run(config, workdir) -> int:
+  """train.main -> the number of steps it executed."""
+  with counted_steps() as calls:
+    train.main(config, workdir)
+  return len(calls)
+
+
 @pytest.fixture(scope="module")
 def stage1_runs(tmp_path_factory):
-  """4 steps straight, and 2 steps + a fresh restart + 2 more, both on the shipped sample data."""
+  """4 steps straight, and 2 steps + a fresh restart + 2 more, both on the shipped sample data (async saves)."""
   root = tmp_path_factory.mktemp("resume")
   straight, resumed = root / "straight", root / "resumed"
-  train.main(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), straight)
-  train.main(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3, num_train_steps=2), resumed)
-  train.main(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), resumed)
-  return straight, resumed
+  assert _run(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), straight) == 4
+  assert _run(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3, num_train_steps=2), resumed) == 2
+  executed = _run(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), resumed)
+  return straight, resumed, executed
 
 
-def test_resume_gives_bit_identical_result(stage1_runs):
-  straight, resumed = stage1_runs
+def _steps_logged(workdir):
+  return [r["step"] for r in metrics.read_metrics(workdir)]
+
+
+def test_resume_executes_exactly_the_remaining_steps(stage1_runs):
+  straight, resumed, executed = stage1_runs
+  assert executed == 2  # a run that started over would execute 4 (and Orbax would skip its existing step 2)
   a, b = _final_params(straight, 4), _final_params(resumed, 4)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   la = {r["step"]: r["loss"] for r in metrics.read_metrics(straight)}
   lb = {r["step"]: r["loss"] for r in metrics.read_metrics(resumed)}
-  assert la == lb and sorted(la) == [0, 1, 2, 3]
+  assert la == lb and _steps_logged(resumed) == [0, 1, 2, 3]
   assert (straight / "loss.png").stat().st_size > 0
   assert (straight / "checkpoints" / "4" / "assets" / "libero_sample" / "norm_stats.json").exists()
 
 
+def test_resume_after_a_crash_drops_the_metrics_logged_after_the_checkpoint(stage1_runs, tmp_path):
+  """A run killed after logging steps 2 and 3 but before committing step 4 resumes at 2: metrics.jsonl then holds
+  each step once, in order (without truncation it would read 0, 1, 2, 3, 2, 3), and the final params are the
+  uninterrupted run's."""
+  straight, _, _ = stage1_runs
+  crashed = tmp_path / "crashed"
+  shutil.copytree(straight, crashed)
+  shutil.rmtree(crashed / "checkpoints" / "4")
+  with open(crashed / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "loss": 1.0')  # a row cut short by the crash
+  assert _run(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), crashed) == 2
+  assert _steps_logged(crashed) == [0, 1, 2, 3]
+  for k, v in _final_params(straight, 4).items():
+    np.testing.assert_array_equal(_final_params(crashed, 4)[k], v, err_msg=k)
+
+
+def test_a_broken_latest_checkpoint_is_reported_set_aside_and_the_previous_one_resumed(stage1_runs, tmp_path,
+                                                                                       caplog):
+  straight, _, _ = stage1_runs
+  work = tmp_path / "work"
+  shutil.copytree(straight, work)
+  broken = work / "checkpoints" / "4"
+  (broken / "params" / "manifest.ocdbt").unlink()
+  files = sorted(str(p.relative_to(broken)) for p in broken.rglob("*"))
+  assert _run(debug_config("stage1", ckpt_every_steps=2, max_to_keep=3), work) == 2
+  assert f"{broken} does not restore: {broken / 'params' / 'manifest.ocdbt'} is missing" in caplog.text
+  kept = work / "checkpoints" / "corrupt" / "4"
+  assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*")) == files  # never deleted
+  for k, v in _final_params(straight, 4).items():
+    np.testing.assert_array_equal(_final_params(work, 4)[k], v, err_msg=k)
+
+
 def test_stage2_initialised_from_stage1_reproduces_stage1(stage1_runs):
-  straight, _ = stage1_runs
+  straight, _, _ = stage1_runs
   s1_params = checkpoints.restore_params(straight / "checkpoints" / "4" / "params", restore_type=np.ndarray)
   config = debug_config("stage2", init_from=str(straight))
   s2_config = configs.model_config(config)
@@ -144,7 +203,7 @@ def test_stage2_initialised_from_stage1_reproduces_stage1(stage1_runs):
 
 
 def test_init_from_rejects_mismatched_stage1(tmp_path, stage1_runs):
-  straight, _ = stage1_runs
+  straight, _, _ = stage1_runs
   params = checkpoints.restore_params(straight / "checkpoints" / "4" / "params", restore_type=np.ndarray)
   flat = tree_lib.flatten(params)
   flat["state_proj/kernel"] = np.zeros((3, 3), np.float32)
@@ -163,16 +222,42 @@ def test_nan_loss_stops_training_with_the_step(tmp_path):
     train.main(config, tmp_path)
 
 
+def test_non_finite_params_stop_training_before_their_checkpoint(tmp_path):
+  """lr = 1e39 overflows float32: step 0 (finite loss and gradients) makes every param inf or NaN. With a checkpoint
+  after every step, that state must not be committed."""
+  config = debug_config("joint", **{"schedule.peak_lr": 1e39, "schedule.warmup_steps": 0, "num_train_steps": 3,
+                                    "ckpt_every_steps": 1})
+  config.optimizer.clip_gradient_norm = 0.0
+  with pytest.raises(FloatingPointError, match=r"Non-finite params after step 0: stopping before its checkpoint"):
+    train.main(config, tmp_path)
+  assert checkpoints.CheckpointManager(tmp_path / "checkpoints").all_steps() == []
+
+
+def test_non_finite_gradient_with_a_finite_loss_stops_before_the_checkpoint(tmp_path, monkeypatch):
+  """A loss term 0·sqrt(0·Σw) is 0, but its gradient is NaN (0·∞): the loss stays finite. The old loop checked only
+  the loss, so the NaN update was committed at the checkpoint."""
+  loss_fn = train._loss_fn
+
+  def nan_gradient(ctx, trainable, frozen, rng, batch):
+    w = trainable["state_proj"]["kernel"]
+    return loss_fn(ctx, trainable, frozen, rng, batch) + 0.0 * jax.numpy.sqrt(0.0 * jax.numpy.sum(w))
+
+  monkeypatch.setattr(train, "_loss_fn", nan_gradient)
+  config = debug_config("stage1", num_train_steps=2, ckpt_every_steps=1)
+  with pytest.raises(FloatingPointError, match=r"Non-finite grad_norm nan at step 0"):
+    train.main(config, tmp_path)
+  assert checkpoints.CheckpointManager(tmp_path / "checkpoints").all_steps() == []
+
+
 def test_optimizer_and_ema_reproduce_openpi_three_steps(openpi_fixture_dir, fixture_npz):
   """openpi's 3 training steps on the fixture (settings from its README): losses and grad norms; EMA by hand."""
   d = fixture_npz
   model_config = testing.fixture_model_config(openpi_fixture_dir, "bfloat16")
   readme = json.loads((openpi_fixture_dir / "config.json").read_text())["train"]
-  config = ml_collections.ConfigDict(dict(
-      schedule=dict(kind="warmup_cosine", peak_lr=1e-3, warmup_steps=2, decay_steps=10, decay_lr=1e-4),
-      optimizer=dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-10, clip_gradient_norm=1.0, decay_all=True),
-      ema_decay=readme["ema_decay"], grad_accum_steps=1, frozen_dtype="", train_augment=False,
-      mesh=dict(fsdp_devices=1, min_fsdp_mbytes=4.0)))
+  config = configs.base_config()
+  config.schedule = dict(kind="warmup_cosine", peak_lr=1e-3, warmup_steps=2, decay_steps=10, decay_lr=1e-4)
+  config.optimizer.update(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-10, clip_gradient_norm=1.0, decay_all=True))
+  config.update(dict(ema_decay=readme["ema_decay"], frozen_dtype="", train_augment=False))
   mesh = _sharding.make_mesh(1, devices=jax.devices()[:1])
   # The model config is fixed by the fixture; make_setup builds the optimizer for it.
   setup = train.make_setup(config, model_config, mesh)
@@ -206,7 +291,7 @@ def test_trained_checkpoint_serves_without_extra_settings(stage1_runs):
   """A training checkpoint carries model config, norm stats, tokenizer and policy settings in assets/."""
   from apt_jax import policy
 
-  straight, _ = stage1_runs
+  straight, _, _ = stage1_runs
   p = policy.create_trained_policy(straight / "checkpoints" / "4")
   rng = np.random.default_rng(0)
   out = p.infer({"observation/image": rng.integers(0, 256, (64, 64, 3), np.uint8),
