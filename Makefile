@@ -3,16 +3,26 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TPU_STAMP := $(VENV)/.installed-tpu
 # The LIBERO simulator lives in its own venv (its pins clash with the JAX stack's numpy); see README, LIBERO.
 LIBERO_PY ?= python3.11
 LIBERO_VENV := .venv-libero
 LIBERO_STAMP := $(LIBERO_VENV)/.installed
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 export TF_CPP_MIN_LOG_LEVEL := 2
+# CPU runs stay on the CPU even with libtpu installed (it only serves `aot_check --topology` here).
+export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv libero test test-all lint demo bench clean
+.PHONY: venv venv-tpu libero test test-all lint demo bench clean
 
 venv: $(STAMP)
+
+# libtpu for TPU topology compiles (a few seconds from a wheel cache; 0.7 GB installed).
+venv-tpu: $(TPU_STAMP)
+
+$(TPU_STAMP): $(STAMP) requirements-tpu.txt
+	$(BIN)/pip install -q -r requirements-tpu.txt
+	touch $(TPU_STAMP)
 
 # Re-runs only when requirements.txt or setup.cfg change.
 $(STAMP): requirements.txt setup.cfg
@@ -39,10 +49,11 @@ $(LIBERO_STAMP): requirements-libero.txt
 	echo "$(CURDIR)" > "$$($(LIBERO_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/apt_jax_repo.pth"
 	touch $(LIBERO_STAMP)
 
-test: venv libero
+# The suite includes the TPU topology compile tests, so CI installs libtpu.
+test: venv-tpu libero
 	$(BIN)/python -m pytest -m "not slow" -q tests
 
-test-all: venv libero
+test-all: venv-tpu libero
 	$(BIN)/python -m pytest -q tests
 
 lint: venv

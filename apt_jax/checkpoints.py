@@ -20,12 +20,14 @@ import logging
 import os
 import pathlib
 import shutil
+import tempfile
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from apt_jax import optimizer as _optimizer
 from apt_jax import policy_config as _policy_config
@@ -50,7 +52,7 @@ def strip_value(tree):
 
 def params_metadata(params_dir: str | os.PathLike) -> dict:
   """The stored params item's tree `{"params": {... "value": ArrayMetadata}}` (shapes and dtypes, no data)."""
-  params_dir = pathlib.Path(params_dir).absolute()
+  params_dir = _abs(params_dir)
   if not params_dir.exists():
     raise FileNotFoundError(f"No params checkpoint at {params_dir}")
   metadata = ocp.PyTreeCheckpointer().metadata(params_dir)
@@ -71,7 +73,7 @@ def restore_params(params_dir: str | os.PathLike, *, dtype=None, sharding: jax.s
     sharding: where to place arrays (default: replicated on the first local device). Ignored for np.ndarray.
     restore_type: jax.Array or np.ndarray.
   """
-  params_dir = pathlib.Path(params_dir).absolute()
+  params_dir = _abs(params_dir)
   item = params_metadata(params_dir)
   if restore_type is np.ndarray:
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), item)
@@ -108,8 +110,22 @@ def write_assets(assets_dir: str | os.PathLike, *, model_config=None,
                  policy_config=None) -> None:
   """Writes the assets of a checkpoint step: model config JSON, norm stats (`{asset_id: stats}`, each under
   `<asset_id>/`), and the inference settings (`policy_config.json`) with the tokenizer copied in as
-  `tokenizer.model`, so that `python -m apt_jax.serve --checkpoint <step>` needs nothing else."""
-  assets_dir = pathlib.Path(assets_dir)
+  `tokenizer.model`, so that `python -m apt_jax.serve --checkpoint <step>` needs nothing else. `assets_dir` may be
+  remote (gs://, epath)."""
+  kw = dict(model_config=model_config, norm_stats=norm_stats, policy_config=policy_config)
+  if "://" not in os.fspath(assets_dir):
+    _write_assets(pathlib.Path(assets_dir), **kw)
+    return
+  with tempfile.TemporaryDirectory() as tmp:  # a bucket: written locally, then copied file by file
+    _write_assets(pathlib.Path(tmp), **kw)
+    for f in pathlib.Path(tmp).rglob("*"):
+      if f.is_file():
+        dst = epath.Path(assets_dir) / f.relative_to(tmp).as_posix()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(f.read_bytes())
+
+
+def _write_assets(assets_dir: pathlib.Path, *, model_config, norm_stats, policy_config) -> None:
   assets_dir.mkdir(parents=True, exist_ok=True)
   if model_config is not None:
     registry.save_config(assets_dir / MODEL_CONFIG_FILE, model_config)
@@ -155,11 +171,11 @@ class AssetsHandler(ocp.CheckpointHandler):
 
   def save(self, directory, args: AssetsSave):
     if jax.process_index() == 0:
-      write_assets(directory, model_config=args.model_config, norm_stats=args.norm_stats,
+      write_assets(epath.Path(directory), model_config=args.model_config, norm_stats=args.norm_stats,
                    policy_config=args.policy_config)
 
   def restore(self, directory, args=None):
-    return pathlib.Path(directory)
+    return epath.Path(directory)
 
 
 @ocp.args.register_with_handler(AssetsHandler, for_save=True)
@@ -176,9 +192,15 @@ class AssetsRestore(ocp.args.CheckpointArgs):
   pass
 
 
-def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
-  """A workdir, its checkpoints dir, a step dir, or a params dir -> the params dir (latest step)."""
-  path = pathlib.Path(path)
+def _abs(path) -> epath.Path:
+  """epath for local paths and buckets alike (gs://...); local ones made absolute, as Orbax wants them."""
+  path = epath.Path(path)
+  return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+
+
+def resolve_params_dir(path: str | os.PathLike) -> epath.Path:
+  """A workdir, its checkpoints dir, a step dir, or a params dir (local or gs://) -> the params dir (latest step)."""
+  path = _abs(path)
   if (path / "_METADATA").exists() or ((path / "_CHECKPOINT_METADATA").exists() and (path / "d").exists()):
     return path
   if (path / "params").is_dir():
@@ -193,8 +215,8 @@ def resolve_params_dir(path: str | os.PathLike) -> pathlib.Path:
 DATA_STATE = "data_state"
 
 
-def data_state_file(step_dir: str | os.PathLike, process_index: int) -> pathlib.Path:
-  return pathlib.Path(step_dir) / DATA_STATE / f"process_{process_index}.json"
+def data_state_file(step_dir: str | os.PathLike, process_index: int) -> epath.Path:
+  return epath.Path(step_dir) / DATA_STATE / f"process_{process_index}.json"
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -202,7 +224,7 @@ class DataStateHandler(ocp.CheckpointHandler):
   directory: Orbax's commit makes the step and all processes' data states visible together."""
 
   def save(self, directory, args: DataStateSave):
-    path = pathlib.Path(directory) / f"process_{jax.process_index()}.json"
+    path = epath.Path(directory) / f"process_{jax.process_index()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),
                                 "state": args.state}))
@@ -226,7 +248,7 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 def read_data_state(step_dir: str | os.PathLike, process_index: int, process_count: int) -> dict:
   """This process's data iterator state in a step; raises ValueError saying what is wrong (file, JSON, layout)."""
   path = data_state_file(step_dir, process_index)
-  legacy = pathlib.Path(step_dir) / DATA_STATE / "metadata"  # before per-process files: process 0's state only
+  legacy = epath.Path(step_dir) / DATA_STATE / "metadata"  # before per-process files: process 0's state only
   if not path.exists() and process_count == 1 and legacy.exists():
     path = legacy
   if not path.exists():
@@ -247,7 +269,7 @@ def read_data_state(step_dir: str | os.PathLike, process_index: int, process_cou
   return payload["state"]
 
 
-def _check_item_files(step_dir: pathlib.Path) -> None:
+def _check_item_files(step_dir: epath.Path) -> None:
   """The files every Orbax PyTree item needs: its OCDBT manifest and its tree metadata (JSON). Checked before Orbax
   reads them, whose errors for missing files say neither which file nor which item."""
   for item in ("params", "train_state"):
@@ -292,7 +314,7 @@ class CheckpointManager:
     if max_to_keep is not None and max_to_keep < 2:
       raise ValueError(f"max_to_keep={max_to_keep}: keep at least 2 steps, so that a step broken by a crash or a "
                        "full disk leaves an earlier one to resume from")
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = _abs(directory)  # a local path or a bucket (gs://...: Orbax writes it directly)
     self.mngr = ocp.CheckpointManager(
         self.directory,
         item_handlers={"params": ocp.PyTreeCheckpointHandler(), "train_state": ocp.PyTreeCheckpointHandler(),
@@ -307,7 +329,7 @@ class CheckpointManager:
   def latest_step(self) -> int | None:
     return self.mngr.latest_step()
 
-  def step_dir(self, step: int) -> pathlib.Path:
+  def step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
   def save(self, step: int, state, *, data_state: dict, model_config=None, norm_stats=None, policy_config=None):

@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = 30_000
   c.log_every_steps = 100
   c.ckpt_every_steps = 1000
+  c.checkpoint_dir = ""            # "": <workdir>/checkpoints; or a bucket every host writes to (gs://...)
   c.max_to_keep = 2                # >= 2: a step broken by a crash leaves an earlier one to resume from
   c.keep_period = ml_collections.FieldReference(5000, field_type=int)  # also keep every keep_period-th step
   c.async_checkpoint = True
@@ -95,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.frozen_dtype = "bfloat16"      # frozen params kept in bf16 (openpi); "" keeps float32
   c.train_augment = True           # π0's crop/rotate/colour augmentation inside compute_loss
   c.mesh = ml_collections.ConfigDict(dict(fsdp_devices=1, min_fsdp_mbytes=4.0))
+  # num_processes -1: from the cluster (Cloud TPU pod, SLURM: jax.distributed finds the coordinator and ranks).
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, coordinator_address="", process_id=0,
       local_device_ids=ml_collections.FieldReference(None, field_type=tuple)))  # None: all of the host's devices

@@ -1,12 +1,14 @@
-"""`make demo`: the laptop-scale APT testbed, end to end on CPU (issue #7).
+"""`make demo`: testbed v2 end to end on CPU (docs/testbed_v2_protocol.md).
 
   python -m apt_jax.demo --config experiments/testbed_demo.py[:tiny] [--workdir out/demo] [--resume | --overwrite]
+  python -m apt_jax.demo --config experiments/testbed_full.py:shortcut --workdir out/testbed_v2 --resume
 
-Renders a 2-D tabletop (apt_jax/testbed/tabletop.py), pretrains a tiny PaliGemma on a synonym-rich corpus from the
-same renderer, trains the Table 2 recipes on single-template demonstrations, evaluates them closed-loop on the seen /
-paraphrase / compositional / task-perturbation splits, and writes results.{md,json,png} to the workdir
-(apt_jax/testbed/experiment.py). An existing workdir is never deleted silently (openpi's rule): `--resume` reuses
-what a run of the same config finished there, `--overwrite` deletes it first; without either the demo refuses.
+Pretrains a tiny PaliGemma per seed, gates it with linear probes (a VLM that cannot locate what the instruction names
+stops the run with a banner and exit status 1), trains the Table 2 recipes and controls on both data arms, evaluates
+them closed-loop on every split and writes results.jsonl (per episode), results.{md,json} (tables, the pre-registered
+endpoint), plots and a checkpoint per recipe (apt_jax/testbed/experiment.py). An existing workdir is never deleted
+silently (openpi's rule): `--resume` skips what is finished there, `--overwrite` deletes it first; without either
+the demo refuses.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import sys
 
 from apt_jax.testbed import experiment
+from apt_jax.testbed import probes
 
 
 def prepare_workdir(workdir: pathlib.Path, *, resume: bool, overwrite: bool) -> None:
@@ -36,9 +39,10 @@ def main(config, workdir, *, resume: bool = False, overwrite: bool = False) -> d
   workdir = pathlib.Path(workdir).absolute()
   prepare_workdir(workdir, resume=resume, overwrite=overwrite)
   command = "python -m apt_jax.demo " + " ".join(sys.argv[1:])
-  summary = experiment.run(config, workdir, command=command.strip(), resume=resume)
-  print(f"\nResults: {workdir}/results.md  {workdir}/results.json  plot: {workdir}/results.png  "
-        f"(total {summary['timings']['total_s']:.0f}s)")
+  summary = experiment.run(config, workdir, command=command.strip())
+  print(f"\nResults: {workdir}/results.md (tables, the pre-registered endpoint)  {workdir}/results.jsonl (per episode)"
+        "\nPlots: " + "  ".join(str(p) for p in sorted(workdir.glob("*.png")))
+        + f"\nTotal {summary['timings']['total_s']:.0f}s")
   return summary
 
 
@@ -49,6 +53,9 @@ def _run(argv):
   f = flags.FLAGS
   try:
     main(f.config, f.workdir, resume=f.resume, overwrite=f.overwrite)
+  except probes.VlmGateError as e:
+    bar = "!" * 100
+    sys.exit(f"\n{bar}\nNO RECIPE COMPARISON: {e}\n{bar}")
   except (FileExistsError, ValueError) as e:
     if "--resume" not in str(e) and "--overwrite" not in str(e):
       raise

@@ -124,8 +124,7 @@ class Policy:
     if self._uses_language:
       if prompt is None:
         raise _envs.InputError("prompt", "missing from the request, and the policy has no default prompt")
-      try:
-        # π0.5: the normalized state, before padding, goes into the prompt (openpi's TokenizePrompt).
+      try:  # π0.5: the normalized state, before padding, goes into the prompt (openpi's TokenizePrompt).
         tokens, mask = t.tokenizer.tokenize(prompt, state if cfg.discrete_state_input else None,
                                             truncate=t.truncate_prompt)
       except ValueError as e:  # too long: training raises for it too

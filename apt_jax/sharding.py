@@ -1,7 +1,9 @@
 """Mesh and sharding rules: data parallelism × FSDP (openpi's rule), activations on the data axes.
 
-Mesh axes: `data` (pure data parallel) and `fsdp` (params sharded, batch also split). The batch is sharded over
-both axes; a param of at least `min_fsdp_mbytes` is sharded along its largest axis divisible by the fsdp size.
+Mesh axes, slowest network first: `dcn` (data parallel across TPU slices, over the data-centre network; 1 on one
+slice), `data` (data parallel within a slice) and `fsdp` (params sharded within a slice, batch also split). The batch
+is sharded over all three; a param of at least `min_fsdp_mbytes` is sharded along its largest axis divisible by the
+fsdp size and replicated across slices, so only gradients cross the DCN (one all-reduce per step).
 """
 
 from __future__ import annotations
@@ -10,21 +12,40 @@ import logging
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+DCN_AXIS = "dcn"
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
-BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+BATCH_AXES = (DCN_AXIS, DATA_AXIS, FSDP_AXIS)
 
 
-def make_mesh(fsdp_devices: int = 1, devices=None) -> Mesh:
-  """(data, fsdp) mesh over all devices: data = n_devices // fsdp_devices."""
-  devices = jax.devices() if devices is None else devices
-  n = len(devices)
-  if fsdp_devices < 1 or n % fsdp_devices:
-    raise ValueError(f"fsdp_devices={fsdp_devices} must divide the number of devices ({n})")
-  return Mesh(np.asarray(devices).reshape(n // fsdp_devices, fsdp_devices), (DATA_AXIS, FSDP_AXIS))
+def slice_count(devices) -> int:
+  """Number of TPU slices the devices span (1 for CPU/GPU devices, which carry no slice index)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def make_mesh(fsdp_devices: int = 1, devices=None, *, num_slices: int | None = None) -> Mesh:
+  """(dcn, data, fsdp) mesh: dcn = num_slices, data = devices per slice // fsdp_devices.
+
+  `num_slices` defaults to the slices the devices span; on devices without slices (CPU) a larger value splits them
+  into that many equal groups, to test the multi-slice layout.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n, slices = len(devices), num_slices or slice_count(devices)
+  if slices < 1 or n % slices:
+    raise ValueError(f"num_slices={slices} must divide the number of devices ({n})")
+  if fsdp_devices < 1 or (n // slices) % fsdp_devices:
+    raise ValueError(f"fsdp_devices={fsdp_devices} must divide the number of devices per slice ({n // slices})")
+  ici = (1, n // slices // fsdp_devices, fsdp_devices)
+  if slices > 1 and slice_count(devices) == slices:
+    grid = mesh_utils.create_hybrid_device_mesh(ici, (slices, 1, 1), devices, allow_split_physical_axes=True)
+  else:
+    # On a TPU slice this follows the physical torus; elsewhere it is a plain reshape in device order.
+    grid = mesh_utils.create_device_mesh((slices, *ici[1:]), devices, allow_split_physical_axes=True)
+  return Mesh(grid, (DCN_AXIS, DATA_AXIS, FSDP_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -32,7 +53,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis over data × fsdp."""
+  """Leading (batch) axis over dcn × data × fsdp."""
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
@@ -64,11 +85,11 @@ def fsdp_sharding(tree, mesh: Mesh, *, min_fsdp_mbytes: float = 4.0, log: bool =
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def activation_constraint(x, mesh: Mesh | None):
-  """Constrains a batch-leading activation to the data axes (no-op without a mesh)."""
+def activation_constraint(x, mesh: Mesh | None, *, batch_dim: int = 0):
+  """Constrains an activation's batch dimension (`batch_dim`) to the data axes (no-op without a mesh)."""
   if mesh is None:
     return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(BATCH_AXES)))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*[None] * batch_dim, BATCH_AXES)))
 
 
 def per_device_bytes(tree) -> int:

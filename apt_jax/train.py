@@ -38,6 +38,7 @@ from apt_jax import tree as tree_lib
 from apt_jax import weight_loaders
 from apt_jax.data import batch as _batch
 from apt_jax.data import normalize
+from apt_jax.models import cotrain as _cotrain
 from apt_jax.models import model as _model
 
 
@@ -66,35 +67,51 @@ class StepContext:
   mesh: Any = None
   # Params outside the optimizer ("/"-joined path -> bool): `optimizer.frozen_filter`.
   is_frozen: Any = None
+  # Knowledge insulation's VL co-training: weight of the VLM's prefix-LM loss when a batch carries "vl".
+  vl_cotrain_weight: float = 0.0
 
 
 def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
+  """-> (loss, parts). With a "vl" sub-batch (knowledge insulation's VL co-training, any head), the VLM's own
+  prefix-LM loss is added at weight `ctx.vl_cotrain_weight`."""
   params = _optimizer.combine(trainable, frozen)
   model = ctx.model_config.model_class()(config=ctx.model_config, params=params)
   obs = _model.Observation.from_dict(batch)
-  return jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
+  action_loss = jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
+  if "vl" not in batch:
+    return action_loss, {}
+  vl_loss = _cotrain.vl_loss(model, batch["vl"])
+  return action_loss + ctx.vl_cotrain_weight * vl_loss, {"action_loss": action_loss, "vl_loss": vl_loss}
+
+
+def microbatches(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B / n, ...], micro-batch i = rows i, i + n, i + 2n, ...: every device keeps its own rows (the
+  batch is sharded in contiguous blocks), so no micro-batch gathers onto a few devices."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch (`apt_jax.data.batch.abstract_batch`'s layout)."""
   train_rng = jax.random.fold_in(rng, state.step)
   batch = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh), batch)
-  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, ctx))
+  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, ctx), has_aux=True)
   if ctx.grad_accum_steps == 1:
-    loss, grads = grad_fn(state.params, state.frozen, train_rng, batch)
+    (loss, parts), grads = grad_fn(state.params, state.frozen, train_rng, batch)
   else:
     # Gradient accumulation: mean of micro-batch gradients (equal micro-batch sizes, so equal to the full batch).
     n = ctx.grad_accum_steps
-    micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: _sharding.activation_constraint(x, ctx.mesh, batch_dim=1),
+                         microbatches(batch, n))
 
     def body(carry, xs):
       i, mb = xs
-      loss, grads = grad_fn(state.params, state.frozen, jax.random.fold_in(train_rng, i), mb)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      out = grad_fn(state.params, state.frozen, jax.random.fold_in(train_rng, i), mb)
+      return jax.tree.map(jnp.add, carry, out), None
 
-    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(n), micro))
-    loss, grads = jax.tree.map(lambda x: x / n, (loss, grads))
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, state.frozen, train_rng,
+                                                       jax.tree.map(lambda x: x[0], micro)))
+    ((loss, parts), grads), _ = jax.lax.scan(body, zero, (jnp.arange(n), micro))
+    loss, parts, grads = jax.tree.map(lambda x: x / n, (loss, parts, grads))
 
   updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -102,7 +119,7 @@ def train_step(ctx: StepContext, rng, state: TrainState, batch: dict) -> tuple[T
   if ctx.ema_decay is not None:
     new_state = new_state.replace(ema_params=_optimizer.ema_update(state.ema_params, params, ctx.ema_decay))
 
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads),
              "param_norm": _optimizer.kernel_norm(_optimizer.combine(params, state.frozen)),
              "lr": ctx.schedule(state.step)}
   for k, v in tree_lib.flatten(params).items():
@@ -157,7 +174,8 @@ def make_setup(config, model_config, mesh) -> Setup:
                                    vlm_lr_multiplier=model_config.vlm_lr_multiplier)
   ctx = StepContext(model_config=model_config, tx=tx, schedule=schedule, ema_decay=config.ema_decay,
                     grad_accum_steps=config.grad_accum_steps, train_augment=config.train_augment,
-                    frozen_dtype=config.frozen_dtype or None, mesh=mesh, is_frozen=is_frozen)
+                    frozen_dtype=config.frozen_dtype or None, mesh=mesh, is_frozen=is_frozen,
+                    vl_cotrain_weight=config.vl_cotrain_weight)
   abstract_state = jax.eval_shape(lambda: init_state(ctx, jax.random.key(0), {}))
   shardings = _sharding.fsdp_sharding(abstract_state, mesh, min_fsdp_mbytes=config.mesh.min_fsdp_mbytes)
   return Setup(ctx, shardings, abstract_state)
@@ -186,8 +204,8 @@ def load_initial_params(config, model_config, abstract_params) -> dict:
 # --- Main loop --------------------------------------------------------------------------------------------------
 
 
-def validate_config(config, model_config):
-  n = jax.device_count()
+def validate_config(config, model_config, num_devices: int | None = None):
+  n = num_devices or jax.device_count()
   if config.batch_size % n:
     raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of devices ({n})")
   if config.batch_size % config.grad_accum_steps:
@@ -238,7 +256,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
   mesh = _sharding.make_mesh(config.mesh.fsdp_devices)
   setup = make_setup(config, model_config, mesh)
-  ckpt = checkpoints.CheckpointManager(workdir / "checkpoints", max_to_keep=config.max_to_keep,
+  # Checkpoints may go elsewhere, e.g. a bucket every host of a pod writes its shards to (gs://...).
+  ckpt = checkpoints.CheckpointManager(config.checkpoint_dir or workdir / "checkpoints",
+                                       max_to_keep=config.max_to_keep,
                                        keep_period=config.keep_period, async_save=config.async_checkpoint)
   data_iter = _data.create_data(config, model_config, process_index=jax.process_index(),
                                 process_count=jax.process_count())

@@ -1,26 +1,20 @@
-r"""Laptop-scale APT testbed, the longer run whose numbers the README reports (issue #7).
+r"""Testbed v2, the named full runs (docs/testbed_v2_protocol.md): one per data arm, 5 evaluation seeds, every recipe
+and control, the {5, 10, 20} flow-step sweep on the saved checkpoints.
 
-  python -m apt_jax.demo --config experiments/testbed_full.py --workdir out/testbed_full
+  python -m apt_jax.demo --config experiments/testbed_full.py:shortcut --workdir out/testbed_v2 --resume
+  python -m apt_jax.demo --config experiments/testbed_full.py:balanced --workdir out/testbed_v2 --resume
 
-Hardware: 2 CPU cores. Measured (2026-11-24): 29.2 min wall (VLM 2500 steps 199 s; 6 recipes x 3 seeds x 10 000 VLA
-steps at batch 16 + evaluation 1535 s). Same pipeline and VLM as experiments/testbed_demo.py with 3 seeds instead
-of 1, 1.25x the VLA steps, twice the demonstrations, and 40 evaluation episodes per split and seed.
-Result (README, Results; outputs in docs/testbed_full/), success pooled over 3 seeds, seen / paraphrase: π0 joint
-0.44 / 0.19 (named object grasped 0.73 / 0.45, disjoint intervals); APT S1->S2 with VLM fine-tuning 0.26 / 0.20
-(0.57 / 0.55); APT frozen 0.11 / 0.11; KI only 0.17 / 0.21. π0's gap on unseen words reproduces and APT closes it,
-but APT does not beat π0 on any split (it ties on paraphrases and trails elsewhere).
+Both share the workdir: each seed's VLM and pool Stage 1 are trained once and reused by the second run.
 """
 
-import pathlib
-
-from apt_jax import configs
+from apt_jax.testbed import experiment
+from apt_jax.testbed import language
 
 
 def get_config(arg=None):
-  del arg
-  c = configs.load(pathlib.Path(__file__).with_name("testbed_demo.py"))
-  c.seeds = (0, 1, 2)
-  c.data.episodes = 600
-  c.vla.update(steps=10000, batch_size=16)
-  c.eval.episodes_per_split = 40
+  c = experiment.base_config()
+  if arg:
+    if arg not in language.ARMS:
+      raise ValueError(f"config arg {arg!r}: expected one of {language.ARMS}")
+    c.arms = (arg,)
   return c

@@ -48,10 +48,9 @@ def unavailable(message: str):
 
 
 def _fixture(path: pathlib.Path) -> pathlib.Path:
-  """An openpi fixture under the test data (skip, or fail under CI=true, when missing)."""
   if not (path / "expected.npz").exists():
-    unavailable(f"openpi parity fixture not found at {path} (expected next to the repo, in ../shared/testdata/"
-                f"{path.name}, or under $APT_JAX_TESTDATA)")
+    unavailable(f"openpi parity fixture not found at {path} (expected next to the repo, in ../shared/testdata, or "
+                "under $APT_JAX_TESTDATA)")
   return path
 
 

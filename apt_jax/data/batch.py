@@ -13,16 +13,25 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def abstract_batch(model_config, batch_size: int, sharding: jax.sharding.Sharding | None = None) -> dict:
-  """The batch a train step takes, as ShapeDtypeStructs (placed by `sharding` when given)."""
+def abstract_batch(model_config, batch_size: int, sharding: jax.sharding.Sharding | None = None, *,
+                   vl_text_len: int = 0) -> dict:
+  """The batch a train step takes, as ShapeDtypeStructs (placed by `sharding` when given). vl_text_len > 0 adds the
+  "vl" sub-batch of VL co-training (models/cotrain.py): batch_size images and texts of that many tokens."""
   obs, act = model_config.inputs_spec(batch_size=batch_size)
   spec = lambda x, dtype=None: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=sharding)
-  return {"image": {k: spec(v, jnp.uint8) for k, v in obs.images.items()},  # images travel as uint8
-          "image_mask": {k: spec(v) for k, v in obs.image_masks.items()},
-          "state": spec(obs.state),
-          "tokenized_prompt": spec(obs.tokenized_prompt),
-          "tokenized_prompt_mask": spec(obs.tokenized_prompt_mask),
-          "actions": spec(act)}
+  out = {"image": {k: spec(v, jnp.uint8) for k, v in obs.images.items()},  # images travel as uint8
+         "image_mask": {k: spec(v) for k, v in obs.image_masks.items()},
+         "state": spec(obs.state),
+         "tokenized_prompt": spec(obs.tokenized_prompt),
+         "tokenized_prompt_mask": spec(obs.tokenized_prompt_mask),
+         "actions": spec(act)}
+  if vl_text_len:
+    text = jax.ShapeDtypeStruct((batch_size, vl_text_len), jnp.bool_, sharding=sharding)
+    out["vl"] = {"image": jax.ShapeDtypeStruct((batch_size, *model_config.image_resolution, 3), jnp.uint8,
+                                               sharding=sharding),
+                 "tokens": jax.ShapeDtypeStruct(text.shape, jnp.int32, sharding=sharding),
+                 "input_mask": text, "ar": text, "loss_mask": text}
+  return out
 
 
 def to_global_batch(local_batch: dict, spec: dict) -> dict:

@@ -61,8 +61,8 @@ class DataConfig:
   image_size: tuple[int, int] = (224, 224)
   # None repeats forever; otherwise each dataset stops after that many epochs and iteration ends when all have.
   num_epochs: int | None = None
-  # Threads decoding and resizing images.
-  num_workers: int = 2
+  # Threads decoding and resizing images (PIL releases the GIL); 0: one per core this process may run on.
+  num_workers: int = 0
   # Decoded + resized images kept up to this many MB (per loader), so later epochs of a dataset that fits skip JPEG
   # decoding; 0 turns it off. The output is identical either way.
   image_cache_mb: float = 1024

@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import copy
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -252,8 +253,9 @@ class DataLoader:
     self._cache = _ImageCache(int(self.cfg.image_cache_mb * 2**20))
     self._zeros = np.zeros((*self.cfg.image_size, 3), np.uint8)
     self._zeros.flags.writeable = False
-    self._pool = (concurrent.futures.ThreadPoolExecutor(self.cfg.num_workers, thread_name_prefix="apt_data")
-                  if self.cfg.num_workers > 1 else None)
+    workers = self.cfg.num_workers or len(os.sched_getaffinity(0))
+    self._pool = (concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="apt_data")
+                  if workers > 1 else None)
     self._thread: threading.Thread | None = None
     self._queue: queue.Queue | None = None
     self._stop = threading.Event()

@@ -13,14 +13,14 @@ import json
 import pathlib
 
 from apt_jax.eval import libero as _libero
-from apt_jax.testbed import report as _report
+from apt_jax.testbed import stats as _stats
 
 ROWS = ("clean", "object", "position", "semantic", "task", "average")
 _ROW_OF_PERTURBATION = {None: "clean", "object": "object", "swap": "position", "lan": "semantic", "task": "task"}
 
 
 def rate(k: int, n: int) -> dict:
-  return {"rate": k / n if n else 0.0, "k": k, "n": n, "ci95": list(_report.wilson(k, n))}
+  return {"rate": k / n if n else 0.0, "k": k, "n": n, "ci95": list(_stats.wilson(k, n))}
 
 
 def by_checkpoint(records) -> dict:

@@ -1,11 +1,17 @@
 """A small, fast, deterministic 2-D tabletop simulator (NumPy), vectorised over a batch of scenes.
 
-Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape) and the 3 containers (bowl, box, plate), each at
-the centre of a distinct cell of a GRID x GRID board over the unit square, rendered top-down to uint8 RGB
-[B, S, S, 3] (S = IMAGE_SIZE). State (3): gripper x, y in [0, 1] and closure (0 open, 1 closed). Action (3): dx, dy
-in [-1, 1] (scaled by MAX_STEP) and a gripper command (> 0 close, <= 0 open). Success: the target object rests (not
-held) inside the target container (centre within CONTAINER_RADIUS of the container's centre).
-Letters: B scenes, N objects per scene, S image side.
+Scene: a gripper, `NUM_OBJECTS` distinct objects (colour x shape, `OBJECTS`) and `NUM_CONTAINER_SLOTS` distinct
+containers (`CONTAINERS`), each at the centre of a distinct cell of a GRID x GRID board over the unit square.
+Layouts (`LAYOUTS`): "random" (every entity on a random distinct cell) or "fixed" (LIBERO-like: objects on
+FIXED_OBJECT_CELLS, containers on FIXED_CONTAINER_CELLS, which kind sits where random). Environments
+(`ENVIRONMENTS`): the table's colour/texture and the lighting. The last colour and the last container are the
+testbed's held-out kinds (never in the robot task data; language.py).
+Rendered top-down to uint8 RGB [B, S, S, 3] (S = IMAGE_SIZE = 16 px per cell): a cell is one 16-px SigLIP patch.
+
+State (3): gripper x, y in [0, 1] and closure (0 open, 1 closed). Action (3): dx, dy in [-1, 1] (x MAX_STEP) and
+a gripper command (> 0 close). Closing within GRASP_RADIUS of a free object grasps the nearest one; opening releases
+it. Success: the target object rests (not held) within CONTAINER_RADIUS of the target container's centre.
+Letters: B batch, N objects per scene, C container slots per scene.
 """
 
 from __future__ import annotations
@@ -14,27 +20,25 @@ import dataclasses
 
 import numpy as np
 
-COLOURS = ("red", "green", "blue", "yellow")
+COLOURS = ("red", "green", "blue", "yellow", "purple")
 SHAPES = ("block", "ball")
-CONTAINERS = ("bowl", "box", "plate")
-OBJECTS = tuple((c, s) for c in COLOURS for s in SHAPES)   # 8 object kinds
+CONTAINERS = ("bowl", "box", "plate", "basket")
+OBJECTS = tuple((c, s) for c in COLOURS for s in SHAPES)   # 10 kinds; v1's 8 keep their indices 0..7
 NUM_OBJECTS = 3
-RGB = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 70, 230), "yellow": (235, 215, 20)}
-CONTAINER_RGB = {"bowl": (250, 250, 250), "box": (120, 70, 30), "plate": (40, 40, 40)}
-TABLE_RGB = (150, 150, 160)
+NUM_CONTAINER_SLOTS = 3
+RGB = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 70, 230), "yellow": (235, 215, 20),
+       "purple": (150, 40, 200)}
+CONTAINER_RGB = {"bowl": (250, 250, 250), "box": (120, 70, 30), "plate": (40, 40, 40), "basket": (240, 140, 20)}
+# Environment 0 is the training table; 1 another texture (stripes) and dimmer light (Table 2's UE).
+ENVIRONMENTS = (dict(table=(150, 150, 160), stripes=None, light=1.0),
+                dict(table=(120, 140, 105), stripes=(95, 110, 85), light=0.8))
 MAX_STEP = 0.15
 GRASP_RADIUS = 0.09
 CONTAINER_RADIUS = 0.1
 OBJECT_RADIUS = 0.05
 MAX_EPISODE_STEPS = 20
 GRID = 5
-# One 16-px cell is one patch of the testbed's SigLIP, so "where is the red block" is "which image token": a question
-# a tiny model learns on a CPU budget (with free positions, sub-patch localisation took >10k steps and the policies
-# never used the image).
 IMAGE_SIZE = 16 * GRID
-# "random": every entity on a random distinct cell (the VLM corpus: diverse scenes). "fixed": LIBERO-like, the objects
-# always on FIXED_OBJECT_CELLS and the containers on FIXED_CONTAINER_CELLS (which kind sits where is random; the
-# gripper starts on a random free cell): vision alone still cannot tell which object is meant (the robot data).
 LAYOUTS = ("random", "fixed")
 # Upper row, columns 0, 2, 4 and lower row, same columns (row-major cell indices).
 FIXED_OBJECT_CELLS, FIXED_CONTAINER_CELLS = (5, 7, 9), (15, 17, 19)
@@ -49,9 +53,18 @@ class State:
   held: np.ndarray           # [B] int, index of the held object or -1
   obj_pos: np.ndarray        # [B, N, 2] float
   obj_kind: np.ndarray       # [B, N] int into OBJECTS
-  cont_pos: np.ndarray       # [B, 3, 2] float, containers in CONTAINERS order
+  cont_pos: np.ndarray       # [B, C, 2] float
   target_obj: np.ndarray     # [B] int, object slot 0..N-1
-  target_cont: np.ndarray    # [B] int into CONTAINERS
+  target_cont: np.ndarray    # [B] int, container slot 0..C-1
+  cont_kind: np.ndarray = None   # [B, C] int into CONTAINERS; default: slot c holds CONTAINERS[c]
+  env: np.ndarray = None         # [B] int into ENVIRONMENTS; default 0
+
+  def __post_init__(self):
+    b, c = self.cont_pos.shape[:2]
+    if self.cont_kind is None:
+      self.cont_kind = np.tile(np.arange(c), (b, 1))
+    if self.env is None:
+      self.env = np.zeros(b, int)
 
   @property
   def batch_size(self):
@@ -74,44 +87,58 @@ def cell_centres(cells) -> np.ndarray:
   return (np.stack([cells % GRID, cells // GRID], axis=-1) + 0.5) / GRID
 
 
-def sample_positions(rng, n, layout="random"):
-  """Centres [n, 2] of n distinct board cells: NUM_OBJECTS objects, the containers, then the gripper (deterministic
-  given rng; neighbours are 1 / GRID = 0.2 apart)."""
-  if n > GRID * GRID:
-    raise ValueError(f"cannot place {n} entities on a {GRID}x{GRID} board")
+def cells_of(pos) -> np.ndarray:
+  """[..., 2] positions -> row-major cell indices."""
+  ij = np.clip(np.floor(np.asarray(pos) * GRID).astype(int), 0, GRID - 1)
+  return ij[..., 1] * GRID + ij[..., 0]
+
+
+def layout_cells(rng, layout: str) -> tuple[np.ndarray, np.ndarray]:
+  """-> (object cells [N], container cells [C]), distinct, for one scene."""
   if layout == "random":
-    return cell_centres(rng.choice(GRID * GRID, n, replace=False))
+    cells = rng.choice(GRID * GRID, NUM_OBJECTS + NUM_CONTAINER_SLOTS, replace=False)
+    return cells[:NUM_OBJECTS], cells[NUM_OBJECTS:]
   if layout != "fixed":
     raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
-  n_obj = n - len(CONTAINERS) - 1
-  if n_obj > len(FIXED_OBJECT_CELLS):
-    raise ValueError(f"the fixed layout has {len(FIXED_OBJECT_CELLS)} object cells, not {n_obj}")
-  fixed = FIXED_OBJECT_CELLS + FIXED_CONTAINER_CELLS
-  free = np.setdiff1d(np.arange(GRID * GRID), fixed)
-  objects = rng.permutation(FIXED_OBJECT_CELLS)
-  cells = np.concatenate([objects[:n_obj], rng.permutation(FIXED_CONTAINER_CELLS), rng.choice(free, 1, replace=False)])
-  return cell_centres(cells)
+  return rng.permutation(FIXED_OBJECT_CELLS), rng.permutation(FIXED_CONTAINER_CELLS)
 
 
-def reset_one(seed: int, kinds=None, target=None, layout: str = "random") -> State:
-  """One scene from an integer seed. kinds: optional 3 object kinds; target: optional (kind, container index)
-  forcing the target (its kind is placed in the scene); layout: one of LAYOUTS. Deterministic given the arguments;
-  the object kinds do not depend on the layout."""
+def make_scene(rng, obj_kind, obj_cells, cont_kind, cont_cells, target_obj: int, target_cont: int,
+               env: int = 0) -> State:
+  """One scene (B = 1) from its parts; the gripper starts open on a random free cell drawn from rng."""
+  used = np.concatenate([obj_cells, cont_cells])
+  if len(set(used.tolist())) != len(used):
+    raise ValueError(f"entities must sit on distinct cells, got objects {list(obj_cells)} containers "
+                     f"{list(cont_cells)}")
+  gripper = rng.choice(np.setdiff1d(np.arange(GRID * GRID), used))
+  return State(gripper=cell_centres([gripper]), closed=np.zeros(1, bool), held=-np.ones(1, int),
+               obj_pos=cell_centres(obj_cells)[None], obj_kind=np.asarray(obj_kind, int)[None],
+               cont_pos=cell_centres(cont_cells)[None], target_obj=np.array([target_obj]),
+               target_cont=np.array([target_cont]), cont_kind=np.asarray(cont_kind, int)[None],
+               env=np.array([env]))
+
+
+def sample_scene(rng, pair, *, layout: str = "fixed", kinds=range(8), containers=(0, 1, 2), env: int = 0) -> State:
+  """A scene whose task is `pair` = (object kind, container kind): the target kind plus NUM_OBJECTS - 1 distractor
+  kinds from `kinds`; the target container plus others from `containers`; placement by `layout`."""
+  k, c = int(pair[0]), int(pair[1])
+  others = [x for x in kinds if x != k]
+  obj_kind = np.concatenate([[k], rng.choice(others, NUM_OBJECTS - 1, replace=False)])
+  cont_others = [x for x in containers if x != c]
+  cont_kind = np.concatenate([[c], rng.choice(cont_others, NUM_CONTAINER_SLOTS - 1, replace=False)])
+  obj_kind, cont_kind = rng.permutation(obj_kind), rng.permutation(cont_kind)
+  obj_cells, cont_cells = layout_cells(rng, layout)
+  return make_scene(rng, obj_kind, obj_cells, cont_kind, cont_cells, int(np.flatnonzero(obj_kind == k)[0]),
+                    int(np.flatnonzero(cont_kind == c)[0]), env)
+
+
+def reset_one(seed: int, target=None, layout: str = "random") -> State:
+  """One scene from an integer seed, with the 8 seen kinds and the 3 seen containers; target: optional
+  (object kind, container kind), else drawn."""
   rng = np.random.default_rng(seed)
-  if kinds is None:
-    kinds = rng.choice(len(OBJECTS), NUM_OBJECTS, replace=False)
-    if target is not None and target[0] not in kinds:
-      kinds[rng.integers(NUM_OBJECTS)] = target[0]
-  kinds = np.asarray(kinds)
-  pos = sample_positions(rng, NUM_OBJECTS + len(CONTAINERS) + 1, layout)
   if target is None:
-    t_obj, t_cont = int(rng.integers(NUM_OBJECTS)), int(rng.integers(len(CONTAINERS)))
-  else:
-    t_obj, t_cont = int(np.flatnonzero(kinds == target[0])[0]), int(target[1])
-  return State(gripper=pos[None, -1], closed=np.zeros(1, bool), held=-np.ones(1, int),
-               obj_pos=pos[None, :NUM_OBJECTS], obj_kind=kinds[None].astype(int),
-               cont_pos=pos[None, NUM_OBJECTS:NUM_OBJECTS + len(CONTAINERS)],
-               target_obj=np.array([t_obj]), target_cont=np.array([t_cont]))
+    target = (int(rng.integers(8)), int(rng.integers(3)))
+  return sample_scene(rng, target, layout=layout)
 
 
 def reset(seeds, targets=None, layout: str = "random") -> State:
@@ -121,13 +148,24 @@ def reset(seeds, targets=None, layout: str = "random") -> State:
 
 
 def target_pair(state: State) -> np.ndarray:
-  """[B, 2] (object kind, container index) of each scene's task."""
+  """[B, 2] (object kind, container kind) of each scene's task."""
   b = np.arange(state.batch_size)
-  return np.stack([state.obj_kind[b, state.target_obj], state.target_cont], axis=-1)
+  return np.stack([state.obj_kind[b, state.target_obj], state.cont_kind[b, state.target_cont]], axis=-1)
+
+
+def retarget(state: State, pairs) -> State:
+  """A copy with each scene's task set to pairs[i] = (object kind, container kind), both present in the scene."""
+  s = state.copy()
+  for i, (k, c) in enumerate(pairs):
+    obj, cont = np.flatnonzero(s.obj_kind[i] == k), np.flatnonzero(s.cont_kind[i] == c)
+    if not len(obj) or not len(cont):
+      raise ValueError(f"scene {i} has no object kind {k} or no container kind {c}")
+    s.target_obj[i], s.target_cont[i] = obj[0], cont[0]
+  return s
 
 
 def in_container(state: State) -> np.ndarray:
-  """[B, N, 3] bool: object n rests (not held) inside container c."""
+  """[B, N, C] bool: object n rests (not held) inside container slot c."""
   d = np.linalg.norm(state.obj_pos[:, :, None] - state.cont_pos[:, None], axis=-1)
   free = np.arange(state.obj_pos.shape[1])[None] != state.held[:, None]
   return (d < CONTAINER_RADIUS) & free[:, :, None]
@@ -145,11 +183,7 @@ def observe_state(state: State) -> np.ndarray:
 
 
 def step(state: State, action) -> State:
-  """Applies actions [B, 3] (clipped to [-1, 1]); returns a new state (the input is not modified).
-
-  Closing the gripper within GRASP_RADIUS of a free object grasps the nearest one; the held object moves with the
-  gripper; opening releases it where it is.
-  """
+  """Applies actions [B, 3] (clipped to [-1, 1]); returns a new state (the input is not modified)."""
   s = state.copy()
   a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
   b = np.arange(s.batch_size)
@@ -169,33 +203,35 @@ def step(state: State, action) -> State:
 
 def render(state: State, size: int = IMAGE_SIZE) -> np.ndarray:
   """Top-down RGB [B, size, size, 3] uint8. Containers: bowl = white ring, box = brown square outline, plate = dark
-  disc. Objects: block = filled square, ball = filled disc. Gripper: black (closed) / white (open) cross."""
+  disc, basket = orange diamond outline. Objects: block = filled square, ball = filled disc. Gripper: black (closed)
+  / white (open) cross. The table and the lighting follow each scene's environment."""
   bsz = state.batch_size
   img = np.empty((bsz, size, size, 3), np.uint8)
-  img[:] = TABLE_RGB
   ys, xs = (np.mgrid[0:size, 0:size] + 0.5) / size        # pixel centres in [0, 1]; y down
+  stripes = (np.mgrid[0:size, 0:size].sum(0) // 4) % 2 == 1
+  for e, env in enumerate(ENVIRONMENTS):
+    sel = state.env == e
+    img[sel] = env["table"]
+    if env["stripes"] is not None:
+      img[sel[:, None, None] & stripes[None]] = env["stripes"]
   def paint(mask, rgb):  # mask [B, S, S]
     img[mask] = rgb
-  for c, name in enumerate(CONTAINERS):
+  r = CONTAINER_RADIUS + 0.02
+  for c in range(state.cont_pos.shape[1]):
     cx, cy = state.cont_pos[:, c, 0, None, None], state.cont_pos[:, c, 1, None, None]
-    r = CONTAINER_RADIUS + 0.02
-    if name == "bowl":
-      d = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
-      paint((d < r) & (d > r - 0.035), CONTAINER_RGB[name])
-    elif name == "box":
-      m = np.maximum(np.abs(xs - cx), np.abs(ys - cy))
-      paint((m < r) & (m > r - 0.035), CONTAINER_RGB[name])
-    else:
-      paint((xs - cx) ** 2 + (ys - cy) ** 2 < r ** 2, CONTAINER_RGB[name])
+    d = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
+    m = np.maximum(np.abs(xs - cx), np.abs(ys - cy))
+    l1 = np.abs(xs - cx) + np.abs(ys - cy)
+    shapes = {"bowl": (d < r) & (d > r - 0.035), "box": (m < r) & (m > r - 0.035), "plate": d < r,
+              "basket": (l1 < r * 1.3) & (l1 > r * 1.3 - 0.045)}
+    for k, name in enumerate(CONTAINERS):
+      paint((state.cont_kind[:, c] == k)[:, None, None] & shapes[name], CONTAINER_RGB[name])
   for n in range(state.obj_pos.shape[1]):
     cx, cy = state.obj_pos[:, n, 0, None, None], state.obj_pos[:, n, 1, None, None]
-    kind = state.obj_kind[:, n]
-    r = OBJECT_RADIUS
-    square = np.maximum(np.abs(xs - cx), np.abs(ys - cy)) < r * 0.9
-    disc = (xs - cx) ** 2 + (ys - cy) ** 2 < r ** 2
+    square = np.maximum(np.abs(xs - cx), np.abs(ys - cy)) < OBJECT_RADIUS * 0.9
+    disc = (xs - cx) ** 2 + (ys - cy) ** 2 < OBJECT_RADIUS ** 2
     for k, (colour, shape) in enumerate(OBJECTS):
-      sel = (kind == k)[:, None, None]
-      paint(sel & (square if shape == "block" else disc), RGB[colour])
+      paint((state.obj_kind[:, n] == k)[:, None, None] & (square if shape == "block" else disc), RGB[colour])
   gx, gy = state.gripper[:, 0, None, None], state.gripper[:, 1, None, None]
   arm = 0.06
   cross = (((np.abs(xs - gx) < 0.012) & (np.abs(ys - gy) < arm))
@@ -203,6 +239,9 @@ def render(state: State, size: int = IMAGE_SIZE) -> np.ndarray:
   closed = state.closed[:, None, None]
   paint(cross & closed, (0, 0, 0))
   paint(cross & ~closed, (255, 255, 255))
+  light = np.array([ENVIRONMENTS[e]["light"] for e in state.env])
+  if (light != 1.0).any():
+    img = np.clip(img * light[:, None, None, None], 0, 255).astype(np.uint8)
   return img
 
 
@@ -239,16 +278,19 @@ def expert_action(state: State, rng=None, noise: float = 0.0) -> np.ndarray:
 
 
 def rollout_expert(state: State, steps: int = MAX_EPISODE_STEPS, rng=None, noise: float = 0.0,
-                   size: int = IMAGE_SIZE, clean_labels: bool = False):
-  """Runs the expert; returns (images [T, B, S, S, 3], states [T, B, 3], actions [T, B, 3], success [B], final).
+                   size: int = IMAGE_SIZE, clean_labels: bool = False, render_images: bool = True):
+  """Runs the expert; returns (images [T, B, S, S, 3] or None, states [T, B, 3], actions [T, B, 3], success [B],
+  scene states [T] (State per step), final State).
 
   clean_labels: the recorded action is the noise-free expert action at each visited state while the noisy one is
   executed (DART, Laskey et al. 2017); the visited states are the same as without it."""
-  imgs, sts, acts = [], [], []
+  imgs, sts, acts, scenes = [], [], [], []
   for _ in range(steps):
     a = expert_action(state, rng, noise)
-    imgs.append(render(state, size))
+    if render_images:
+      imgs.append(render(state, size))
+    scenes.append(state)
     sts.append(observe_state(state))
     acts.append(expert_action(state) if clean_labels else a)
     state = step(state, a)
-  return np.stack(imgs), np.stack(sts), np.stack(acts), success(state), state
+  return (np.stack(imgs) if render_images else None), np.stack(sts), np.stack(acts), success(state), scenes, state

@@ -2,8 +2,9 @@
 
 Training is `train.make_setup` / `train.init_train_state` / `Setup.jit_train_step` (the step `train.main` runs), the
 real PaliGemma npz loader (`train.load_initial_params`) and the model's Stage 1 -> Stage 2 initialisation
-(`stage2_partial_params`). Batches come from an in-memory iterator (`ArrayData`, resumable like train.py's), not
-the tf.data RLDS pipeline, whose start-up and per-step cost exceed the demo's budget.
+(`stage2_partial_params`). Batches come from in-memory expert episodes (`EpisodeData`, resumable like train.py's
+iterators; frames rendered on the fly or stored), not the tf.data RLDS pipeline, whose start-up and per-step cost
+exceed the demo's budget.
 """
 
 from __future__ import annotations
@@ -27,15 +28,17 @@ from apt_jax.testbed import tabletop as T
 IMAGE_SIZE = T.IMAGE_SIZE
 
 
-def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256):
+def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256,
+                 vlm_lr_multiplier=None):
   """Pi0Config kwargs of the testbed's tiny π0 (size: dict of vlm_width, expert_width, depth, siglip_width...)."""
   heads, kv_heads, head_dim = size.get("num_heads", 2), size.get("num_kv_heads", 1), size.get("head_dim", 16)
   # Stage 2 options pass through when `size` sets them; otherwise Pi0Config's defaults apply.
   stage2 = {k: size[k] for k in ("fusion_gate", "stage2_prefix_mask") if k in size}
   return dict(
       apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation, **stage2,
-      dtype="float32", action_dim=3, action_horizon=size["action_horizon"], max_token_len=size["max_token_len"],
-      vocab_size=vocab_size, num_steps=size.get("flow_steps", 5), remat_policy="none",
+      vlm_lr_multiplier=vlm_lr_multiplier, dtype="float32", action_dim=3, action_horizon=size["action_horizon"],
+      max_token_len=size["max_token_len"], vocab_size=vocab_size, num_steps=size.get("flow_steps", 10),
+      remat_policy="none",
       paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],
                              num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim),
       action_expert_variant=dict(width=size["expert_width"], depth=size["depth"], mlp_dim=2 * size["expert_width"],
@@ -47,7 +50,9 @@ def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_
 
 
 def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed: int, npz_path: str = "",
-                 name: str = "testbed") -> ml_collections.ConfigDict:
+                 name: str = "testbed", warmup: float = 0.05, vl_cotrain_weight: float = 1.0,
+                 vl_text_len: int = 0) -> ml_collections.ConfigDict:
+  """train.py config of one testbed run: AdamW, linear warmup over `warmup` of the steps, cosine to lr / 10, clip 1."""
   c = configs.base_config()
   c.name = name
   c.seed = seed
@@ -55,8 +60,10 @@ def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed
   c.data = ml_collections.ConfigDict(dict(kind="memory"))
   c.batch_size = batch_size
   c.num_train_steps = steps
-  c.schedule = dict(kind="warmup_cosine", peak_lr=lr, warmup_steps=min(30, steps // 5), decay_steps=steps,
+  c.schedule = dict(kind="warmup_cosine", peak_lr=lr, warmup_steps=max(1, round(warmup * steps)), decay_steps=steps,
                     decay_lr=lr / 10)
+  c.vl_cotrain_weight = vl_cotrain_weight
+  c.vl_text_len = vl_text_len   # > 0: every batch carries a VL co-training sub-batch (EpisodeData(vl=...))
   c.optimizer.update(dict(weight_decay=1e-4, decay_all=False))
   c.frozen_dtype = ""
   c.train_augment = False
@@ -66,25 +73,53 @@ def train_config(model_kw: dict, *, steps: int, batch_size: int, lr: float, seed
   return c
 
 
-class ArrayData:
-  """Random batches (with replacement, seeded) from in-memory arrays; get_state/set_state like train.py's data."""
+class EpisodeData:
+  """Random (seeded) frames of expert episodes -> openpi-layout batches; resumable (get_state/set_state).
 
-  def __init__(self, arrays: dict, batch_size: int, seed: int):
-    self.arrays, self.batch_size, self.seed, self.count = arrays, batch_size, seed, 0
-    self.n = len(arrays["state"])
+  scenes: State [E * T] (frame f = episode f // T, step f % T), state [E * T, S], actions [E * T, AH, A],
+  tokens/mask [E, L] (episode prompts); images [E * T, H, W, 3] or None to render the frames on the fly."""
+
+  def __init__(self, frames: dict, batch_size: int, seed: int, vl=None):
+    self.frames, self.batch_size, self.seed, self.count, self.vl = frames, batch_size, seed, 0, vl
+    self.n, self.t = len(frames["state"]), frames["steps_per_episode"]
 
   def __next__(self):
     rng = np.random.default_rng([self.seed, self.count])
     self.count += 1
     idx = rng.integers(self.n, size=self.batch_size)
-    return make_batch(self.arrays["image"][idx], self.arrays["state"][idx], self.arrays["tokens"][idx],
-                      self.arrays["mask"][idx], self.arrays["actions"][idx])
+    f = self.frames
+    image = f["images"][idx] if f.get("images") is not None else T.render(f["scenes"].index(idx), IMAGE_SIZE)
+    batch = make_batch(image, f["state"][idx], f["tokens"][idx // self.t], f["mask"][idx // self.t],
+                       f["actions"][idx])
+    if self.vl is not None:
+      batch["vl"] = self.vl.batch(rng)
+    return batch
 
   def get_state(self):
     return {"count": self.count}
 
   def set_state(self, state):
     self.count = int(state["count"])
+
+
+class Concat:
+  """Iterators one after another: `parts` = ((iterator, num_batches), ...) (the last runs on past its count)."""
+
+  def __init__(self, parts):
+    self.parts, self.count = parts, 0
+
+  def __next__(self):
+    lo, it = 0, self.parts[-1][0]
+    for part, n in self.parts[:-1]:
+      if self.count < lo + n:
+        it = part
+        break
+      lo += n
+    self.count += 1
+    return next(it)
+
+  def get_state(self):
+    return {"count": self.count}
 
 
 def make_batch(image, state, tokens, mask, actions=None) -> dict:
@@ -98,7 +133,7 @@ def make_batch(image, state, tokens, mask, actions=None) -> dict:
   return batch
 
 
-def train_vla(config, data, *, init_params: dict | None = None, log=print) -> tuple[dict, dict]:
+def train_vla(config, data, *, init_params: dict | None = None, log=print, log_every: int = 500) -> tuple[dict, dict]:
   """Trains `config.num_train_steps` steps on `data`. init_params: Stage 1 params (-> Stage 2 init via the model's
   stage2_partial_params); otherwise `train.load_initial_params` (the PaliGemma npz loader). -> (params, info)."""
   model_config, setup, step_fn, batch_spec = _compiled(config)
@@ -112,11 +147,14 @@ def train_vla(config, data, *, init_params: dict | None = None, log=print) -> tu
   t0, losses = time.time(), []
   for i in range(config.num_train_steps):
     state, metrics = step_fn(train_rng, state, _batch.to_global_batch(next(data), batch_spec))
-    if i % 50 == 0 or i in (1, 2) or i + 1 == config.num_train_steps:
+    if i % log_every == 0 or i + 1 == config.num_train_steps:
       m = jax.device_get(metrics)
+      if not np.isfinite(m["loss"]):
+        raise FloatingPointError(f"[{config.name}] non-finite loss {float(m['loss'])} at step {i}")
       losses.append((i, float(m["loss"])))
       gates = {k: float(v) for k, v in m.items() if k.startswith("gate/")}
       log(f"    [{config.name}] step {i + 1}/{config.num_train_steps} loss {float(m['loss']):.4f}"
+          + (f" (action {float(m['action_loss']):.4f}, vl {float(m['vl_loss']):.3f})" if "vl_loss" in m else "")
           + (f" gate {np.mean(list(gates.values())):.3f}" if gates else "") + f" ({time.time() - t0:.0f}s)")
   params = jax.device_get(_optimizer.combine(state.params, state.frozen))
   return params, {"losses": losses, "seconds": time.time() - t0, "model_config": model_config}
@@ -127,19 +165,20 @@ _COMPILED, _POLICIES = {}, {}
 
 def _compiled(config):
   """(model_config, setup, jitted train_step, batch spec) shared by runs that differ only in seed/name, so each
-  recipe compiles once however many seeds run."""
+  recipe compiles once however many seeds run. config.vl_text_len > 0: batches carry a VL co-training sub-batch."""
   key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "name", "weight_loader")},
                    sort_keys=True, default=str)
   if key not in _COMPILED:
     model_config = configs.model_config(config)
     mesh = _sharding.make_mesh(1, devices=jax.devices()[:1])
     setup = train.make_setup(config, model_config, mesh)
-    spec = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh))
+    spec = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh),
+                                 vl_text_len=config.get("vl_text_len", 0))
     _COMPILED[key] = (model_config, setup, setup.jit_train_step(), spec)
   return _COMPILED[key]
 
 
-def make_policy(model_config, params, *, flow_steps: int = 5):
+def make_policy(model_config, params, *, flow_steps: int = 10):
   """-> fn(rng, batch) -> actions [B, AH, 3] (jitted once per model config, params as an argument)."""
   key = (repr(model_config), flow_steps)
   if key not in _POLICIES:

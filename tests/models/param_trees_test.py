@@ -27,8 +27,7 @@ def read_tree(name):
   """-> ({path: (shape, dtype)}, header fields: leaves, params, frozen)."""
   path = TREES / f"{name}.txt"
   if not path.exists():
-    unavailable(f"openpi parameter trees not found at {TREES} (../shared/testdata/openpi_param_trees, or under "
-                "$APT_JAX_TESTDATA)")
+    unavailable(f"openpi parameter tree {path} not found (../shared/testdata, or $APT_JAX_TESTDATA)")
   header, *lines = path.read_text().splitlines()
   fields = {k: int(v.replace(",", "")) for k, v in re.findall(r"(leaves|params|frozen_by_get_freeze_filter)=([\d,]+)",
                                                                header)}

@@ -367,7 +367,6 @@ def test_serves_an_openpi_pi05_checkpoint_with_the_state_in_the_prompt(openpi_pi
                                                                        tmp_path, rng, env):
   """openpi's π0.5 checkpoint behind the server, with openpi's pi05 transforms (pi05_libero / pi05_droid: quantile
   norm, the normalized state discretized into the prompt): the prompt tokens are those of the text built by hand."""
-  from apt_jax import envs as _envs
   from apt_jax import policy as _policy
   from apt_jax.data import normalize as _normalize
   from apt_jax.models import tokenizer as _tokenizer
@@ -375,19 +374,19 @@ def test_serves_an_openpi_pi05_checkpoint_with_the_state_in_the_prompt(openpi_pi
   assert model_kwargs["pi05"] and model_kwargs["discrete_state_input"]
   cfg = tmp_path / "model.json"
   cfg.write_text(json.dumps(dict(model_kwargs, dtype="bfloat16")))
-  # openpi's params with this robot's norm stats: the fixture's LIBERO state stats, its action stats widened to the
-  # robot's action dims (DROID: 8).
-  step = tmp_path / "step"
-  step.mkdir()
-  (step / "params").symlink_to(openpi_pi05_fixture_dir / "checkpoint" / "params", target_is_directory=True)
-  stats = _normalize.load(openpi_pi05_fixture_dir / "checkpoint/assets/physical-intelligence/libero/norm_stats.json")
-  n = _envs.get_env(env).action_dim
-  widen = lambda x: np.resize(np.asarray(x, np.float64), n)
-  a = stats["actions"]
-  stats["actions"] = _normalize.NormStats(mean=widen(a.mean), std=widen(a.std), q01=widen(a.q01), q99=widen(a.q99))
-  _normalize.save(step / "assets" / env, stats)
-  pol = _policy.create_trained_policy(step, model_config=cfg, head="pi0", env=env, asset_id=env,
-                                      tokenizer_path=tiny_tokenizer_path, use_quantile_norm=True)
+  step = openpi_pi05_fixture_dir / "checkpoint"
+  stats = _normalize.load(step / "assets/physical-intelligence/libero/norm_stats.json")
+  if env == "droid":  # DROID acts in 8 dims, the fixture's LIBERO stats have 7: repeat the gripper's (a width check)
+    a = stats["actions"]
+    stats["actions"] = _normalize.NormStats(*(None if x is None else np.append(x, x[-1:]) for x in
+                                              (a.mean, a.std, a.q01, a.q99)))
+    step = tmp_path / "step"
+    (step / "params").parent.mkdir()
+    (step / "params").symlink_to(openpi_pi05_fixture_dir / "checkpoint" / "params")
+    _normalize.save(step / "assets/physical-intelligence/libero", stats)
+  pol = _policy.create_trained_policy(step, model_config=cfg, head="pi0", env=env,
+                                      asset_id="physical-intelligence/libero", tokenizer_path=tiny_tokenizer_path,
+                                      use_quantile_norm=True)
   obs = pol.transforms.env.example(rng, prompt="put the bowl on the plate")
   state = np.concatenate([obs[k] for k, _ in pol.transforms.env.state_fields])
   assert state.shape == (8,)

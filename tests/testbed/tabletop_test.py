@@ -8,16 +8,14 @@ from apt_jax.testbed import tabletop as T
 
 
 def test_expert_succeeds_on_95_percent():
-  seeds, pairs, _ = L.training_tasks(200, seed=0)
-  state = L.scenes(seeds, pairs)
+  state = T.reset(range(200))
   for _ in range(30):
     state = T.step(state, T.expert_action(state))
   assert T.success(state).mean() >= 0.95
 
 
 def test_noisy_expert_demonstrations_succeed():
-  seeds, pairs, _ = L.training_tasks(100, seed=3)
-  _, _, _, ok, _ = T.rollout_expert(L.scenes(seeds, pairs), 24, rng=np.random.default_rng(0), noise=0.3, size=16)
+  ok = T.rollout_expert(T.reset(range(100), layout="fixed"), 24, rng=np.random.default_rng(0), noise=0.3)[3]
   assert ok.mean() >= 0.95
 
 
@@ -88,38 +86,46 @@ def test_entities_sit_on_distinct_board_cells_one_per_image_patch():
 
 
 def test_clean_labels_record_noise_free_actions_on_the_same_states():
-  seeds, pairs, _ = L.training_tasks(20, seed=5)
-  runs = [T.rollout_expert(L.scenes(seeds, pairs), 12, rng=np.random.default_rng(4), noise=0.3, size=16,
-                           clean_labels=c) for c in (False, True)]
-  (img0, st0, act0, _, _), (img1, st1, act1, _, _) = runs
+  scene = lambda: L.training_episodes("balanced", 20, seed=5).state
+  runs = [T.rollout_expert(scene(), 12, rng=np.random.default_rng(4), noise=0.3, size=16, clean_labels=c)
+          for c in (False, True)]
+  (img0, st0, act0, *_), (img1, st1, act1, *_) = runs
   np.testing.assert_array_equal(img0, img1)      # the same noisy actions were executed
   np.testing.assert_array_equal(st0, st1)
-  np.testing.assert_array_equal(act1[0], T.expert_action(L.scenes(seeds, pairs)))
+  np.testing.assert_array_equal(act1[0], T.expert_action(scene()))
   assert np.abs(act0 - act1).max() > 0.05        # the executed (noisy) actions differ from the labels
 
 
-def _cells(pos):
-  """[..., 2] cell centres -> row-major cell indices."""
-  ij = np.floor(np.asarray(pos) * T.GRID).astype(int)
-  return ij[..., 1] * T.GRID + ij[..., 0]
-
-
 def test_fixed_layout_fixes_cells_and_shuffles_kinds():
-  seeds, pairs, _ = L.training_tasks(60, seed=0)
-  s = L.scenes(seeds, pairs, layout="fixed")
-  obj, cont = _cells(s.obj_pos), _cells(s.cont_pos)
+  s = T.reset(range(60), layout="fixed")
+  obj, cont = T.cells_of(s.obj_pos), T.cells_of(s.cont_pos)
   assert (np.sort(obj, axis=1) == sorted(T.FIXED_OBJECT_CELLS)).all()          # hand-picked: cells 5, 7, 9
   assert (np.sort(cont, axis=1) == sorted(T.FIXED_CONTAINER_CELLS)).all()      # cells 15, 17, 19
-  assert not np.isin(_cells(s.gripper), T.FIXED_OBJECT_CELLS + T.FIXED_CONTAINER_CELLS).any()
+  assert not np.isin(T.cells_of(s.gripper), T.FIXED_OBJECT_CELLS + T.FIXED_CONTAINER_CELLS).any()
   # Which container, and the target object, sit where varies: vision alone cannot tell the target.
-  assert len({tuple(row) for row in cont}) == 6                                 # all 3! container orders occur
+  assert len({tuple(k[np.argsort(c)]) for k, c in zip(s.cont_kind, cont)}) == 6   # all 3! container orders occur
   assert len(set(obj[np.arange(60), s.target_obj])) == 3
   # The kinds (and so the language) do not depend on the layout.
-  np.testing.assert_array_equal(s.obj_kind, L.scenes(seeds, pairs).obj_kind)
-  _, _, _, ok, _ = T.rollout_expert(s, 24, rng=np.random.default_rng(0), noise=0.3, size=16)
+  np.testing.assert_array_equal(s.obj_kind, T.reset(range(60)).obj_kind)
+  ok = T.rollout_expert(s, 24, rng=np.random.default_rng(0), noise=0.3, size=16)[3]
   assert ok.mean() >= 0.95
 
 
 def test_unknown_layout_is_named():
   with pytest.raises(ValueError, match="layout='grid'"):
     T.reset([1], layout="grid")
+
+
+def test_retarget_and_render_by_container_kind():
+  s = T.reset([3])
+  k, c = int(s.obj_kind[0, 2]), int(s.cont_kind[0, 1])
+  r = T.retarget(s, [(k, c)])
+  assert (r.target_obj[0], r.target_cont[0]) == (2, 1) and tuple(T.target_pair(r)[0]) == (k, c)
+  with pytest.raises(ValueError, match="no object kind"):
+    T.retarget(s, [(k, T.CONTAINERS.index("basket"))])
+  # A basket in slot 0 is drawn around slot 0's centre (most of it in that cell; like the bowl it spills over).
+  s.cont_kind[0, 0] = T.CONTAINERS.index("basket")
+  ys, xs = np.nonzero((T.render(s)[0] == T.CONTAINER_RGB["basket"]).all(-1))
+  cells = list(zip(xs // 16, ys // 16))
+  assert max(set(cells), key=cells.count) == tuple((s.cont_pos[0, 0] * T.GRID).astype(int))
+  np.testing.assert_allclose([xs.mean(), ys.mean()], s.cont_pos[0, 0] * T.IMAGE_SIZE - 0.5, atol=1.0)

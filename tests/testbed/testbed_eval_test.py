@@ -1,9 +1,11 @@
-"""The closed-loop eval loop scores success correctly; Wilson intervals; the report files."""
+"""The closed-loop eval loop scores success correctly; the report's tables, endpoint and files."""
 
 import json
 
 import numpy as np
 
+from apt_jax.testbed import experiment
+from apt_jax.testbed import language as L
 from apt_jax.testbed import report
 from apt_jax.testbed import tabletop as T
 from apt_jax.testbed import vla
@@ -42,16 +44,28 @@ def test_rollout_scores_wrong_container_as_failure():
   assert not vla.rollout(_policy([0, 0, -1]), s, tok, mask, steps=4, replan=4).any()
 
 
-def test_wilson_and_report(tmp_path):
-  lo, hi = report.wilson(5, 10)
-  np.testing.assert_allclose([lo, hi], [0.2366, 0.7634], atol=1e-3)
-  assert report.wilson(0, 10)[0] == 0.0 and report.wilson(10, 10)[1] == 1.0
-  results = {"a": {"seen": [1, 0, 1], "paraphrase": [0, 0, 0]}, "b": {"seen": [1, 1, 1], "paraphrase": [1, 0, 0]}}
-  summary = dict(config={"seeds": [0]}, vlm_eval_accuracy={"all": 0.5}, labels={"a": "A", "b": "B"})
-  md = report.write(tmp_path, results, summary)
-  assert "0.67" in md and (tmp_path / "results.png").stat().st_size > 1000
-  tab = json.loads((tmp_path / "results.json").read_text())["table"]
-  assert tab["b"]["seen"]["k"] == 3 and tab["a"]["paraphrase"]["rate"] == 0.0
+def test_report_tables_endpoint_and_plots(tmp_path):
+  cfg = experiment.base_config()
+  cfg.seeds = (1, 2)
+  cfg.recipes = ("pi0_joint", "ki_2stage", "apt_vlm_ft")
+  rows = [dict(arm=arm, recipe=r, seed=s, split=split, episode=i, flow_steps=10, success=i < k, grasp=i < k + 1)
+          for arm in L.ARMS for r, k in (("pi0_joint", 1), ("ki_2stage", 3), ("apt_vlm_ft", 2)) for s in (1, 2)
+          for split in L.SPLITS for i in range(4)]
+  rows[1]["success"] = True   # shortcut/pi0_joint/seed 1/seen, episode 1: 2 of 4
+  summary = report.write(tmp_path, cfg, rows, labels={"pi0_joint": "P"}, timings={})
+  seen = summary["tables"]["shortcut"]["success"]["pi0_joint"]["seen"]
+  assert seen["per_seed"] == {1: 0.5, 2: 0.25} and (seen["k"], seen["n"]) == (3, 8)
+  primary = summary["primary"]
+  assert [(c["recipe"], c["split"]) for c in primary["contrasts"]] == [
+      ("ki_2stage", "paraphrase"), ("ki_2stage", "unseen_object"), ("apt_vlm_ft", "paraphrase"),
+      ("apt_vlm_ft", "unseen_object")]
+  np.testing.assert_allclose(primary["contrasts"][0]["d"], [0.5, 0.5])   # (3 - 1) / 4 on both seeds
+  assert primary["verdict"] == "supports"                                  # zero spread: [0.5, 0.5]
+  md = (tmp_path / "results.md").read_text()
+  assert "| P |" in md and "Primary endpoint" in md and "**supports**" in md
+  for f in ("results_shortcut.png", "results_balanced.png", "contrasts.png"):
+    assert (tmp_path / f).stat().st_size > 1000
+  assert json.loads((tmp_path / "results.json").read_text())["primary"]["verdict"] == "supports"
 
 
 def test_rollout_reports_target_grasp():

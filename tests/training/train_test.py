@@ -61,7 +61,7 @@ def test_sharded_step_on_2x4_mesh_equals_single_device():
   config = debug_config("stage1", **{"mesh.min_fsdp_mbytes": 0.0, "mesh.fsdp_devices": 4})
   batches = fake_batches(configs.model_config(config), 2)
   mesh8 = _sharding.make_mesh(4)
-  assert dict(mesh8.shape) == {"data": 2, "fsdp": 4}
+  assert dict(mesh8.shape) == {"dcn": 1, "data": 2, "fsdp": 4}
   s8, l8, setup8 = run_steps(config, mesh8, batches)
   specs = [s.spec for s in jax.tree.leaves(setup8.state_shardings.params)]
   assert any(_sharding.FSDP_AXIS in tuple(sp) for sp in specs)  # FSDP really shards something.
