@@ -385,7 +385,12 @@ class DataLoader:
     u = ep.prompt_ids[t]
     tokens, token_mask = ep.tokens[u], ep.token_masks[u]
     if self.discrete_state_input:  # π0.5: the normalized, unpadded state goes into the prompt (openpi's order).
-      tokens, token_mask = self.tokenizer.tokenize(ep.prompts[u], state)
+      try:
+        tokens, token_mask = self.tokenizer.tokenize(ep.prompts[u], state, truncate=False)
+      except ValueError as e:  # as for π0's prompts (rlds.py): a prompt that does not fit is an error, not a cut
+        raise _rlds.DataError(ep.dataset, ep.index, "prompt", f"with the state at step {t} is longer than "
+                              f"max_token_len={self.max_token_len} tokens ({e})", kind="instruction_too_long",
+                              file_path=ep.file_path) from None
     return {
         "image": images,
         "image_mask": masks,

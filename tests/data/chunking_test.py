@@ -143,3 +143,9 @@ def test_pi05_loader_puts_the_normalized_state_in_the_prompt(chunk_dir, config_f
     want = [tok.bos_id] + tok.encode(text)
     np.testing.assert_array_equal(b["tokenized_prompt"][t, :len(want)], want, err_msg=f"step {t}")
     np.testing.assert_array_equal(b["tokenized_prompt_mask"][t], np.arange(200) < len(want))
+
+
+def test_pi05_prompt_longer_than_max_token_len_is_an_error_naming_the_episode(chunk_dir, config_fn, loader_fn):
+  from apt_jax.data import rlds
+  with pytest.raises(rlds.DataError, match=r"episode \d+ .*field prompt with the state at step \d+ is longer"):
+    next(loader_fn(config_fn(chunk_dir, NAME), batch_size=1, max_token_len=24, discrete_state_input=True))
