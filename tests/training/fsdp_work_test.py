@@ -23,6 +23,7 @@ def _step_flops(config, devices) -> float:
   return hlo_flops.count(setup.jit_train_step().lower(rng, state, batch).compile().as_text()).flops
 
 
+@pytest.mark.slow  # ~50 s of compiles; the v5e:2x2 topology test checks each chip's FSDP share of the state in CI
 @pytest.mark.parametrize("stage", ["joint", "stage1"])
 def test_fsdp_devices_split_the_work(stage):
   config = configs.load(configs.REPO_ROOT / "experiments" / "debug.py", stage)
