@@ -52,7 +52,7 @@ $(LIBERO_STAMP): requirements-libero.txt
 # The suite includes the TPU topology compile tests, so CI installs libtpu.
 test: venv-tpu libero
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow" -q --durations=15 tests
+	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile --durations=15 tests
 
 test-all: venv-tpu libero
 	$(BIN)/python -m pytest -q tests
