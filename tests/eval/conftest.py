@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+from tests.conftest import unavailable
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LIBERO_PYTHON = REPO / ".venv-libero" / "bin" / "python"
 
@@ -21,10 +23,7 @@ LIBERO_PYTHON = REPO / ".venv-libero" / "bin" / "python"
 @pytest.fixture(scope="session")
 def libero_python() -> str:
   if not LIBERO_PYTHON.exists():
-    message = f"{LIBERO_PYTHON} missing: run `make libero`"
-    if os.environ.get("CI", "").lower() == "true":
-      pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{LIBERO_PYTHON} missing: run `make libero`")
   return str(LIBERO_PYTHON)
 
 
