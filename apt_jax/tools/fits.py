@@ -38,7 +38,7 @@ class Row:
   overrides: tuple[str, ...] = ()  # extra --config.x=y flags
 
 
-# Add a row per new full-size experiment (π0.5, LoRA, ...): the table picks it up on the next run.
+# Add a row per new full-size experiment: the table picks it up on the next run.
 ROWS = (
     Row("pi0_libero", "π0 baseline (openpi `pi0_libero`, EMA)", "experiments/pi0_libero.py"),
     Row("apt_stage1", "APT Stage 1 (π0, VLM frozen)", "experiments/pi0_apt_libero.py:stage1"),
@@ -47,6 +47,8 @@ ROWS = (
         ("--config.model.kwargs.vlm_trainable=True",)),
     Row("gr00t_stage2", "GR00T-style head, Stage 2", "experiments/gr00t_apt_libero.py:stage2"),
     Row("apt_expert_stage2", "APT expert (gated fusion), Stage 2", "experiments/apt_expert_libero.py:stage2"),
+    Row("pi05_libero", "π0.5 baseline (openpi `pi05_libero`, EMA)", "experiments/pi05_libero.py"),
+    Row("pi0_lora", "π0 LoRA (openpi `pi0_libero_low_mem_finetune`)", "experiments/pi0_libero_low_mem_finetune.py"),
 )
 
 
