@@ -2,7 +2,8 @@ r"""Testbed v2, the reduced protocol that `make demo` runs: development seed 0, 
 endpoint's), the primary endpoint's recipes (π0 joint, KI + 2-stage, 2-stage + VLM fine-tuning) with the shared pool
 Stage 1, fewer steps; the same VLM gate. Sized for 10 min on 2 cores: every VLA run costs a compile (~100 s at load
 15), so the demo keeps 4 VLA runs; the balanced arm and the other recipes are the full runs' (testbed_full.py).
-Measured (2026-11-29, load ~15): ~6 min of CPU in all (4.3 min user + 0.7 min system up to the last recipe).
+Measured (2026-11-29, `make demo` on a fresh clone, venv build included, at load ~10): 5.7 min of CPU
+(299 s user + 44 s system), so at most ~6 min on 2 quiet cores.
 
   python -m apt_jax.demo --config experiments/testbed_demo.py --workdir out/demo --resume   # == make demo
   python -m apt_jax.demo --config experiments/testbed_demo.py:tiny --workdir /tmp/tb_tiny --overwrite  # smoke size
