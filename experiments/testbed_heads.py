@@ -23,25 +23,24 @@ gated again on the features the head reads; the π shortcut run must have traine
 """
 
 from apt_jax.testbed import experiment
+from apt_jax.testbed import fig4
 from apt_jax.testbed import language
 from experiments import testbed_demo
 
-HEAD_RECIPES = {h: tuple(r for r, x in experiment.RECIPES.items() if x.head == h) for h in ("gr00t", "apt_expert")}
+HEADS = ("gr00t", "apt_expert")
 
 
-def get_config(arg="shortcut:gr00t"):
-  arm, _, head = (arg or "").partition(":")
-  if arm not in (*language.ARMS, "tiny") or head not in HEAD_RECIPES:
-    raise ValueError(f"config arg {arg!r}: expected '<arm>:<head>' with arm in {(*language.ARMS, 'tiny')} and head "
-                     f"in {tuple(HEAD_RECIPES)}")
+def fig4_config(arm: str, head: str, recipes=None):
+  """The protocol's config for `head` on `arm` ("tiny": the demo's smoke size on the shortcut arm): its Fig. 4
+  recipes (default: all), the statistics of its two-stage recipes against its joint run, its sampler's steps."""
   c = experiment.base_config()
   c.head = head
   c.arms = ("shortcut",) if arm == "tiny" else (arm,)
-  c.recipes = HEAD_RECIPES[head]
-  joint = c.recipes[0]
+  joint, two_stage = fig4.FIG4[head]
+  c.recipes = tuple(recipes or (joint, *two_stage))
   c.stats.update(baseline=joint, recipes=tuple(r for r in c.recipes if r != joint))
-  if c.head_size[head].get("objective") == "ddim":
-    c.eval.flow_steps = c.head_size[head].flow_steps
+  c.eval.flow_steps = fig4.default_steps()[head]
+  if c.eval.flow_steps != experiment.base_config().eval.flow_steps:   # DDIM: 20 steps, swept at 5 and 10
     c.eval.sweep_flow_steps = (5, 10)
   if arm == "tiny":   # the demo's smoke size: every stage runs, nothing learns, the gate is off
     tiny = testbed_demo.get_config("tiny")
@@ -50,3 +49,11 @@ def get_config(arg="shortcut:gr00t"):
     c.eval.update(episodes_per_split=tiny.eval.episodes_per_split, max_steps=tiny.eval.max_steps,
                   sweep_flow_steps=())
   return c
+
+
+def get_config(arg="shortcut:gr00t"):
+  arm, _, head = (arg or "").partition(":")
+  if arm not in (*language.ARMS, "tiny") or head not in HEADS:
+    raise ValueError(f"config arg {arg!r}: expected '<arm>:<head>' with arm in {(*language.ARMS, 'tiny')} and head "
+                     f"in {HEADS}")
+  return fig4_config(arm, head)
