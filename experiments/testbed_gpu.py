@@ -1,9 +1,9 @@
 r"""Testbed v2 Fig. 4 on one GPU (scripts/gpu_fig4.sh): a larger VLM (width 128, depth 4) and heads at 2x the CPU
-widths (the same ratios between heads: docs/testbed_v2_heads/cost.json), 8 seeds, the shortcut arm, each head's
-joint and Stage 1 -> 2 recipes (frozen VLM and VLM tuned; the APT expert's preserving init). Arg: `<head>` or
-`<head>:tiny` (the CPU test's size). Seeds share each recipe's compiled step (vla._compiled), so compile cost does
-not grow with seeds; the heads reuse the π run's VLMs (scripts/gpu_fig4.sh sets vlm.reuse_from).
-Budget: sized for < 9 min on one H200 with 3 heads; unmeasured there (no GPU session yet): see the README.
+widths (the same ratios between heads: docs/testbed_v2_heads/cost.json), up to 8 seeds, the shortcut arm, each head's
+joint and Stage 1 -> 2 recipes (frozen VLM and VLM tuned; the APT expert's preserving init), 2000 VLA steps. Arg:
+`<head>` or `<head>:tiny` (the CPU test's size). A recipe's seeds share its compiled step (vla._compiled), so compile
+cost does not grow with seeds; seeds are not vmapped (each runs its own steps), so in 9 min the script finishes as
+many whole seeds as fit (scripts/gpu_fig4.py stops starting runs at its budget); unmeasured on a GPU so far.
 """
 
 from apt_jax.testbed import fig4
@@ -25,6 +25,6 @@ def get_config(arg="pi0"):
   c.size.update(vlm_width=128, expert_width=64, depth=4, head_dim=32, siglip_width=64, siglip_depth=2)
   c.head_size.gr00t.dit_variant.update(head_dim=32, output_dim=64, state_hidden=64)
   c.head_size.apt_expert.expert_variant.update(width=48, depth=8)
-  c.vlm.update(steps=2000, batch_size=64)
-  c.vla.update(steps=3000)
+  c.vlm.update(steps=1500, batch_size=64)
+  c.vla.update(steps=2000)
   return c
