@@ -45,7 +45,7 @@ def measure(cfg, head, stage, steps) -> dict:
                   recipe=E.Recipe(stage, head=head, **_RECIPE[stage]) if stage != "stage1" else None)
   tc = vla.train_config(kw, steps=steps, batch_size=cfg.vla.batch_size, lr=cfg.vla.lr, seed=0)
   tc.model.head = head
-  mc, setup, step_fn, spec = vla._compiled(tc)
+  mc, setup, step_fn, spec = vla._compiled(tc)  # noqa: SLF001 (the testbed's own compiled step, as train_vla runs it)
   state = train.init_train_state(setup, jax.random.key(0), {})
   rng = np.random.default_rng(0)
   batch = _batch.to_global_batch(_batch_of(cfg, rng), spec)

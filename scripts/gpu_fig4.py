@@ -16,10 +16,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # the repo root: apt_jax and experiments
 
-from apt_jax.testbed import experiment  # noqa: E402
-from apt_jax.testbed import fig4  # noqa: E402
-from apt_jax.testbed import probes  # noqa: E402
-from experiments import testbed_gpu  # noqa: E402
+from apt_jax.testbed import experiment
+from apt_jax.testbed import fig4
+from apt_jax.testbed import probes
+from experiments import testbed_gpu
 
 
 def collect(work: pathlib.Path, heads, out: pathlib.Path, log_lines) -> list[dict]:

@@ -114,9 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer=dict(vocab_size=256),
       # vlm.reuse_from: the workdir of an earlier run whose VLMs (per seed, gated there) this run reuses, so heads
       # are compared on the same VLMs (paired); "" trains them here.
-      vlm=dict(reuse_from="", scenes=3000, qa_per_scene=8, eval_scenes=150, steps=1500, batch_size=48, lr=3e-3, warmup=0.1,
-               end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, point_weight=1.0, prefix_len=20, suffix_len=12,
-               curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
+      vlm=dict(reuse_from="", scenes=3000, qa_per_scene=8, eval_scenes=150, steps=1500, batch_size=48, lr=3e-3,
+               warmup=0.1, end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, point_weight=1.0, prefix_len=20,
+               suffix_len=12, curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
                gate=dict(probe="image_tokens", object=0.75, container=0.75), attempts=3),
       vla=dict(steps=6000, batch_size=16, lr=2e-3, warmup=0.05, vl_cotrain_weight=1.0),
       eval=dict(episodes_per_split=40, max_steps=20, replan=4, flow_steps=10, sweep_flow_steps=(5, 20)),
@@ -260,8 +260,8 @@ def reuse_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
   if info is None or info.get("probe_layers") != list(probes.read_layers(mc)):
     info = dict(src_info, reused_from=str(src), **_probe(cfg, weight_loaders.load_paligemma_npz(npz), mc, tokenizer,
                                                         seed))
+    info_path.write_text(json.dumps(info, indent=1))
   _log_gate(cfg, info, name, log, vlm_seed=f"{seed} attempt {src_info['attempt']} (reused from {src})")
-  info_path.write_text(json.dumps(info, indent=1))
   return dict(npz=str(npz), tokenizer=tokenizer, tokenizer_path=str(out / "tokenizer.model"), vocab=vocab,
               corpus=corpus.generate(cfg.vlm.scenes, cfg.vlm.qa_per_scene, seed=seed), info=info)
 

@@ -44,7 +44,11 @@ def read_rows(paths) -> list[dict]:
   for p in map(pathlib.Path, paths):
     if not p.exists():
       raise FileNotFoundError(f"--results: {p} does not exist")
-    text = gzip.open(p, "rt").read() if p.suffix == ".gz" else p.read_text()
+    if p.suffix == ".gz":
+      with gzip.open(p, "rt") as f:
+        text = f.read()
+    else:
+      text = p.read_text()
     rows += [json.loads(line) for line in text.splitlines() if line.strip()]
   return rows
 
@@ -73,8 +77,8 @@ def plot_gains(contrasts, path) -> None:
   mpl.use("Agg")
   import matplotlib.pyplot as plt
 
-  variants = sorted({c["recipe"] for c in contrasts}, key=lambda r: [x for _, two in FIG4.values() for x in two]
-                    .index(r))
+  order = [x for _, two in FIG4.values() for x in two]
+  variants = sorted({c["recipe"] for c in contrasts}, key=order.index)
   splits = (*L.SPLITS, ALL)
   fig, ax = plt.subplots(figsize=(12, 4.5))
   w = 0.8 / len(variants)
@@ -109,8 +113,9 @@ def write(rows, out, *, arm: str = "shortcut", steps: dict | None = None, level:
   labels = {r: E.RECIPES[r].label for r in E.RECIPES}
   heads = [h for h, (joint, two) in FIG4.items() if any(r["recipe"] in (joint, *two) for r in rows)]
   seeds = sorted({r["seed"] for r in rows})
-  md = [f"# Fig. 4 in the testbed ({arm} arm)\n", f"Seeds {seeds}; sampling steps {steps}. Cells: mean success over "
-        "seeds [95% t-interval over seeds]; with one seed, k/n episodes.\n"]
+  md = [f"# Fig. 4 in the testbed ({arm} arm)\n",
+        (f"Seeds {seeds}; sampling steps {steps}. Cells: mean success over seeds [95% t-interval over seeds]; with "
+         "one seed, k/n episodes.\n")]
   summary = dict(arm=arm, steps=steps, seeds=seeds, tables={})
   for head in heads:
     joint, two = FIG4[head]

@@ -58,5 +58,5 @@ def test_write_from_several_runs(tmp_path):
   assert len(got) == 2 * (len(L.SPLITS) + 1)
   for name in ("fig4.md", "fig4_gain.png", "fig4_success_pi0.png", "fig4_success_gr00t.png"):
     assert (tmp_path / "o" / name).stat().st_size > 0
-  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+  with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
     fig4.main(["--results", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])

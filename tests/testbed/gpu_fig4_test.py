@@ -21,7 +21,7 @@ def test_gpu_script_tiny(tmp_path):
   out, work = tmp_path / "out", tmp_path / "work"
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu", GPU_FIG4_LIMIT_S="5400")
   r = subprocess.run(["bash", "scripts/gpu_fig4.sh", str(out), "--tiny", "--work", str(work), "--budget_s", "5400"],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=6000)
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=6000, check=False)
   assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
   rows = experiment.read_rows(out / "results.jsonl")
   for head in testbed_gpu.HEADS:

@@ -46,9 +46,9 @@ def test_apt_expert_inits_differ_only_in_stage2_init():
 
 def test_a_recipe_of_another_head_is_refused(tmp_path):
   cfg = testbed_heads.get_config("shortcut:gr00t")
-  with pytest.raises(ValueError, match="recipe 'aptx_joint' trains head 'apt_expert'.*config.head = 'gr00t'"):
+  with pytest.raises(ValueError, match=r"recipe 'aptx_joint' trains head 'apt_expert'.*config\.head = 'gr00t'"):
     E.run(_with(cfg, recipes=("aptx_joint",)), tmp_path)
-  with pytest.raises(ValueError, match="config.head = 'gr00t'"):
+  with pytest.raises(ValueError, match=r"config\.head = 'gr00t'"):
     E.model_kw(cfg, 256, recipe=E.RECIPES["pi0_joint"])
 
 
