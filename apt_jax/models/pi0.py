@@ -39,6 +39,7 @@ from apt_jax.models import lora
 from apt_jax.models import model as _model
 from apt_jax.models import vlm
 
+
 def posemb_sincos(pos, embedding_dim: int, min_period: float, max_period: float):
   """openpi's embedding of scalars, periods from min_period to max_period. pos [B] -> [B, embedding_dim]."""
   if embedding_dim % 2:
