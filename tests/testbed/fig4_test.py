@@ -56,6 +56,8 @@ def test_write_from_several_runs(tmp_path):
   assert got["pi0", "apt_frozen", "paraphrase"] == pytest.approx(0.15)
   assert got["gr00t", "gr00t_2stage_vlm_ft", "paraphrase"] == pytest.approx(0.45)
   assert len(got) == 2 * (len(L.SPLITS) + 1)
+  # d = (0.2, 0.1): sd 0.070711, t_{0.975, 1} = 12.706205 -> half-width 0.635310.
+  assert "| pi0 | apt_frozen | - | +0.15 [-0.49, +0.79] |" in (tmp_path / "o" / "fig4.md").read_text()
   for name in ("fig4.md", "fig4_gain.png", "fig4_success_pi0.png", "fig4_success_gr00t.png"):
     assert (tmp_path / "o" / name).stat().st_size > 0
   with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
