@@ -23,5 +23,5 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee "$OUT/device.txt"
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"   # OUT keeps 8 files: the tool returns no more
 timeout "${GPU_FIG4_LIMIT_S:-530}" "$PY" scripts/gpu_fig4.py "$OUT" "$@"
