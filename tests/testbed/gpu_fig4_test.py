@@ -36,6 +36,7 @@ def test_gpu_script_tiny(tmp_path):
       assert info["reused_from"] == str(work / "pi0" / "vlm" / "s0")
       assert (work / head / "vlm" / "s0" / "vlm_attempt0.npz").read_bytes() == \
           (work / "pi0" / "vlm" / "s0" / "vlm_attempt0.npz").read_bytes()
+  assert len(list(out.iterdir())) <= 8          # what the device tool brings back from OUT
   summary = json.loads((out / "fig4.json").read_text())
   assert {c["head"] for c in summary["gains"]} == set(testbed_gpu.HEADS)
   assert "seed 0 apt_expert: done" in (out / "log.txt").read_text()
