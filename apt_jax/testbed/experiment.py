@@ -90,6 +90,11 @@ RECIPES = {
 PRIMARY = ("pi0_joint", "ki", "apt_frozen", "ki_2stage", "apt_vlm_ft")
 
 
+def recipes_of(head: str) -> tuple[str, ...]:
+  """The recipes that train `head`, in grid order."""
+  return tuple(r for r, x in RECIPES.items() if x.head == head)
+
+
 # The other heads' tiny sizes (their config fields, over `size`), chosen so that neither wins by capacity: expert
 # params and train-step FLOPs near the π-style expert's (benchmarks/testbed_heads.py -> docs/testbed_v2_heads/
 # cost.json). GR00T-style: a DiT of the π expert's width and depth (one cross-attention block to the last VLM layer,
@@ -109,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
               stage2_prefix_mask="prefix_lm", fusion_gate="tanh_zero_proj")
   return ml_collections.ConfigDict(dict(
       head="pi0", size=size, head_size=HEAD_SIZE, arms=L.ARMS, seeds=(1, 2, 3, 4, 5),
-      recipes=tuple(r for r, x in RECIPES.items() if x.head == "pi0" and r != "abl_causal_mask"),
+      recipes=tuple(r for r in recipes_of("pi0") if r != "abl_causal_mask"),
       data=dict(episodes=600, episode_len=16, expert_noise=0.3, clean_labels=True, pool_factor=5),
       tokenizer=dict(vocab_size=256),
       # vlm.reuse_from: the workdir of an earlier run whose VLMs (per seed, gated there) this run reuses, so heads
@@ -460,7 +465,7 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, command: str = "") -> dict:
       raise ValueError(f"config.recipes: unknown recipe {r!r}; known: {sorted(RECIPES)}")
     if RECIPES[r].head != cfg.head:
       raise ValueError(f"config.recipes: recipe {r!r} trains head {RECIPES[r].head!r}, but config.head = "
-                       f"{cfg.head!r}; recipes of this head: {[x for x, y in RECIPES.items() if y.head == cfg.head]}")
+                       f"{cfg.head!r}; recipes of this head: {list(recipes_of(cfg.head))}")
   (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
   rows_path = workdir / "results.jsonl"
   t_start, timings = time.time(), {}

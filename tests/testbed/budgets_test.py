@@ -39,7 +39,7 @@ def run(tmp_path_factory):
   for arm in L.ARMS:
     train = L.training_episodes(arm, cfg.data.episodes, 1)
     frames = E.episode_frames(cfg, train, tok, seed=1, render=True)
-    for name in E.RECIPES:
+    for name in E.recipes_of("pi0"):
       n0 = len(calls)
       seed_run.train_recipe(arm, name, frames)
       out[arm, name] = calls[n0:]
@@ -51,7 +51,7 @@ def test_stage1_pool_is_trained_once_per_seed_and_shared(run):
   cfg, _tok, _seed_run, out = run
   s1 = [c for calls in out.values() for c in calls if c["stage"] == "stage1" and "pool" in c["name"]]
   assert len(s1) == 1 and s1[0]["steps"] == cfg.vla.steps and s1[0]["npz"] == "vlm.npz"
-  pool_users = [k for k, v in E.RECIPES.items() if v.stage1 == "pool"]
+  pool_users = [k for k in E.recipes_of("pi0") if E.RECIPES[k].stage1 == "pool"]
   for arm in L.ARMS:
     for name in pool_users:
       main = out[arm, name][-1]

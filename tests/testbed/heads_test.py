@@ -18,7 +18,7 @@ from experiments import testbed_heads
 @pytest.mark.parametrize("head", testbed_heads.HEADS)
 def test_every_recipe_of_the_head_builds_and_shares_stage1(head):
   cfg = testbed_heads.get_config(f"shortcut:{head}")
-  assert cfg.recipes and all(E.RECIPES[r].head == head for r in cfg.recipes)
+  assert cfg.recipes == E.recipes_of(head)
   stage1 = registry.create_config(head, **E.model_kw(cfg, 256, apt_stage="stage1"))
   assert not stage1.vlm_trainable
   for name in cfg.recipes:
