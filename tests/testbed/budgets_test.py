@@ -30,20 +30,19 @@ def run(tmp_path_factory):
                       cotrain=cotrain, init=init_params, npz=npz, batch=next(data)))
     return None, {"trained": name}
 
-  mp = pytest.MonkeyPatch()
-  mp.setattr(E, "_train", fake_train)
-  mp.setattr(E, "save_policy", lambda *a: None)
   vlm = dict(npz="vlm.npz", tokenizer=tok, tokenizer_path=tok_path, vocab=256, corpus=vlm_corpus)
   seed_run = E.SeedRun(cfg, 1, tmp, vlm, log=lambda *a: None)
   out = {}
-  for arm in L.ARMS:
-    train = L.training_episodes(arm, cfg.data.episodes, 1)
-    frames = E.episode_frames(cfg, train, tok, seed=1, render=True)
-    for name in E.recipes_of("pi0"):
-      n0 = len(calls)
-      seed_run.train_recipe(arm, name, frames)
-      out[arm, name] = calls[n0:]
-  mp.undo()
+  with pytest.MonkeyPatch.context() as mp:   # undone even if a recipe raises (later tests save real policies)
+    mp.setattr(E, "_train", fake_train)
+    mp.setattr(E, "save_policy", lambda *a: None)
+    for arm in L.ARMS:
+      train = L.training_episodes(arm, cfg.data.episodes, 1)
+      frames = E.episode_frames(cfg, train, tok, seed=1, render=True)
+      for name in E.recipes_of("pi0"):
+        n0 = len(calls)
+        seed_run.train_recipe(arm, name, frames)
+        out[arm, name] = calls[n0:]
   return cfg, tok, seed_run, out
 
 
