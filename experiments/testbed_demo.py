@@ -33,7 +33,7 @@ def get_config(arg=None):
     c.vlm.gate.update(object=0.0, container=0.0)
     c.vla.update(steps=4, batch_size=4)
     c.eval.update(episodes_per_split=2, max_steps=8, sweep_flow_steps=(5,))
-    c.recipes = tuple(r for r in experiment.RECIPES)
+    c.recipes = experiment.recipes_of("pi0")
   elif arg:
     raise ValueError(f"config arg {arg!r}: expected none or 'tiny'")
   return c

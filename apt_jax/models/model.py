@@ -36,6 +36,7 @@ IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 IMAGE_RESOLUTION = (224, 224)
 
 AptStage = Literal["none", "stage1", "stage2"]
+Stage2PrefixMask = Literal["causal", "prefix_lm"]
 Dtype = Literal["bfloat16", "float32"]
 
 
@@ -219,6 +220,13 @@ class VlaHeadConfig(BaseModelConfig):
   vlm_lr_multiplier: float | None = None
   # Stop the gradient from the action head into the VLM, even when it trains (π0.5's knowledge insulation).
   knowledge_insulation: bool = False
+  # Stage 2: may image tokens attend to the prompt?
+  #   "causal"     no, as in a causal VLM (the paper's Qwen3-VL): the prior's inputs are Stage 1's, so with the gates
+  #                shut the model equals its Stage 1 parent exactly;
+  #   "prefix_lm"  yes, PaliGemma's own mask: the VLM grounds the prompt in the image tokens as it was pretrained to,
+  #                and the prior's inputs move by the prompt's effect on the image features (Stage 2 != Stage 1 at
+  #                init).
+  stage2_prefix_mask: Stage2PrefixMask = "causal"
   # "flow" (flow matching in the head's `flow_convention`) or "ddim" (the paper's ε-prediction); objectives.py.
   objective: objectives.ObjectiveName = "flow"
   # Sampling steps; None: the objective's default (flow: 10 for π0, 4 for GR00T; DDIM: 20).
@@ -246,6 +254,7 @@ class VlaHeadConfig(BaseModelConfig):
     check_choice(self, "apt_stage", get_args(AptStage))
     check_choice(self, "dtype", get_args(Dtype))
     check_choice(self, "objective", get_args(objectives.ObjectiveName))
+    check_choice(self, "stage2_prefix_mask", get_args(Stage2PrefixMask))
     if self.vlm_trainable is None:
       set_("vlm_trainable", self.apt_stage == "none")
     if self.vlm_lr_multiplier is None:
@@ -283,7 +292,7 @@ class VlaHeadConfig(BaseModelConfig):
   def language_block(self) -> bool:
     """The prompt opens a new attention block, so image tokens never attend to it and Stage 2's vision features
     are Stage 1's."""
-    return self.apt_stage == "stage2"
+    return self.apt_stage == "stage2" and self.stage2_prefix_mask == "causal"
 
   @property
   def stop_vlm_gradient(self) -> bool:

@@ -24,7 +24,7 @@ Letters: B batch, P prefix length, A suffix length ([1 +] AH), AH action horizon
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, get_args
+from typing import Any
 
 import einops
 import flax.linen as nn
@@ -38,9 +38,6 @@ from apt_jax.models import layers
 from apt_jax.models import lora
 from apt_jax.models import model as _model
 from apt_jax.models import vlm
-
-Stage2PrefixMask = Literal["causal", "prefix_lm"]
-STAGE2_PREFIX_MASKS = get_args(Stage2PrefixMask)
 
 
 def posemb_sincos(pos, embedding_dim: int, min_period: float, max_period: float):
@@ -69,13 +66,6 @@ class Pi0Config(_model.VlaHeadConfig):
   state_token: bool | None = None
   # Stage 2's gate (gemma.FusionAttention): "tanh" (α = 0), "tanh_zero_proj" (α = 1, zero projection), "sigmoid".
   fusion_gate: gemma.FusionGate = "tanh"
-  # Stage 2: may image tokens attend to the prompt?
-  #   "causal"     no, as in a causal VLM (the paper's Qwen3-VL): the prior's inputs are Stage 1's, so with the gates
-  #                shut the model equals its Stage 1 parent exactly;
-  #   "prefix_lm"  yes, PaliGemma's own mask: the VLM grounds the prompt in the image tokens as it was pretrained to,
-  #                and the prior's inputs move by the prompt's effect on the image features (Stage 2 != Stage 1 at
-  #                init).
-  stage2_prefix_mask: Stage2PrefixMask = "causal"
 
   stage2_new_params_regex = r"PaliGemma/llm/layers/fusion_1/.*"
 
@@ -89,16 +79,11 @@ class Pi0Config(_model.VlaHeadConfig):
     super().__post_init__()
     object.__setattr__(self, "action_expert_variant", gemma.get_config(self.action_expert_variant))
     _model.check_choice(self, "fusion_gate", gemma.FUSION_GATES)
-    _model.check_choice(self, "stage2_prefix_mask", STAGE2_PREFIX_MASKS)
 
   @property
   def expert_config(self) -> gemma.Config:
     return dataclasses.replace(self.action_expert_variant, fusion=self.apt_stage == "stage2",
                                fusion_gate=self.fusion_gate)
-
-  @property
-  def language_block(self) -> bool:
-    return self.apt_stage == "stage2" and self.stage2_prefix_mask == "causal"
 
   @property
   def gemma_experts(self) -> tuple[gemma.Config, ...]:

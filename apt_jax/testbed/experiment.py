@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import shutil
 import time
 
 import ml_collections
@@ -22,6 +23,7 @@ import numpy as np
 
 from apt_jax import checkpoints
 from apt_jax import policy_config as _policy_config
+from apt_jax import weight_loaders
 from apt_jax.models import registry
 from apt_jax.models import tokenizer as _tokenizer
 from apt_jax.testbed import corpus
@@ -39,9 +41,11 @@ class Recipe:
   (Stage 1 on the task demos, prompt dropped). fusion: the main run is Stage 2 (gated fusion) rather than one-stage
   training (from Stage 1 params if `stage1` is set). vlm: "frozen" or "tuned"; vlm_lr: its lr multiplier.
   ki: stop the expert's gradient into the VLM; cotrain: add the VL co-training loss. pool_first: one-stage run that
-  spends `steps` extra batches on the pool (empty prompt) first, under one schedule (equal compute)."""
+  spends `steps` extra batches on the pool (empty prompt) first, under one schedule (equal compute). head: the
+  registered head the recipe trains; size: model kwargs over the config's (e.g. the APT expert's stage2_init)."""
 
   label: str
+  head: str = "pi0"
   stage1: str | None = None
   fusion: bool = False
   vlm: str = "tuned"
@@ -66,8 +70,41 @@ RECIPES = {
                              ki=True),
     "abl_causal_mask": Recipe("ablation: APT frozen, images blind to the prompt", stage1="pool", fusion=True,
                               vlm="frozen", size=dict(stage2_prefix_mask="causal")),
+    # Fig. 4: the GR00T-style and APT-expert heads, one stage vs Stage 1 -> 2, as π's pi0_joint / apt_frozen /
+    # apt_vlm_ft (the paper's Fig. 4 compares 1- and 2-stage training per head; Table 2 has both VLM variants).
+    "gr00t_joint": Recipe("GR00T-style joint (random head, VLM tuned)", head="gr00t"),
+    "gr00t_2stage_frozen": Recipe("GR00T-style 2-stage, frozen VLM", head="gr00t", stage1="pool", fusion=True,
+                                  vlm="frozen"),
+    "gr00t_2stage_vlm_ft": Recipe("GR00T-style 2-stage + VLM fine-tuning", head="gr00t", stage1="pool", fusion=True,
+                                  vlm_lr=0.1),
+    "aptx_joint": Recipe("APT expert joint (random expert, VLM tuned)", head="apt_expert"),
+    "aptx_2stage_frozen": Recipe("APT expert 2-stage (preserving init), frozen VLM", head="apt_expert",
+                                 stage1="pool", fusion=True, vlm="frozen", size=dict(stage2_init="preserving")),
+    "aptx_2stage_vlm_ft": Recipe("APT expert 2-stage (preserving init) + VLM fine-tuning", head="apt_expert",
+                                 stage1="pool", fusion=True, vlm_lr=0.1, size=dict(stage2_init="preserving")),
+    "aptx_paper_2stage_frozen": Recipe("APT expert 2-stage (paper init), frozen VLM", head="apt_expert",
+                                       stage1="pool", fusion=True, vlm="frozen", size=dict(stage2_init="paper")),
+    "aptx_paper_2stage_vlm_ft": Recipe("APT expert 2-stage (paper init) + VLM fine-tuning", head="apt_expert",
+                                       stage1="pool", fusion=True, vlm_lr=0.1, size=dict(stage2_init="paper")),
 }
 PRIMARY = ("pi0_joint", "ki", "apt_frozen", "ki_2stage", "apt_vlm_ft")
+
+
+def recipes_of(head: str) -> tuple[str, ...]:
+  """The recipes that train `head`, in grid order."""
+  return tuple(r for r, x in RECIPES.items() if x.head == head)
+
+
+# The other heads' tiny sizes (their config fields, over `size`), chosen so that neither wins by capacity: expert
+# params and train-step FLOPs near the π-style expert's (benchmarks/testbed_heads.py -> docs/testbed_v2_heads/
+# cost.json). GR00T-style: a DiT of the π expert's width and depth (one cross-attention block to the last VLM layer,
+# one self-attention block); N1.5's VL self-attention adapter is dropped (at the VLM's width it alone would double the
+# head). APT expert: 4 layers (Stage 1 builds 2) at width 24, the paper's DDIM sampled with 20 steps.
+HEAD_SIZE = dict(
+    gr00t=dict(dit_variant=dict(num_heads=2, head_dim=16, depth=2, output_dim=32, state_hidden=32,
+                                num_future_tokens=4, adapter_depth=0, adapter_num_heads=4, time_channels=64)),
+    apt_expert=dict(expert_variant=dict(width=24, num_heads=2, depth=4), objective="ddim", flow_steps=20),
+)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -76,13 +113,15 @@ def base_config() -> ml_collections.ConfigDict:
               siglip_depth=1, patch_size=16, action_horizon=8, max_token_len=16, flow_steps=10,
               stage2_prefix_mask="prefix_lm", fusion_gate="tanh_zero_proj")
   return ml_collections.ConfigDict(dict(
-      head="pi0", size=size, arms=L.ARMS, seeds=(1, 2, 3, 4, 5),
-      recipes=tuple(r for r in RECIPES if r != "abl_causal_mask"),
+      head="pi0", size=size, head_size=HEAD_SIZE, arms=L.ARMS, seeds=(1, 2, 3, 4, 5),
+      recipes=tuple(r for r in recipes_of("pi0") if r != "abl_causal_mask"),
       data=dict(episodes=600, episode_len=16, expert_noise=0.3, clean_labels=True, pool_factor=5),
       tokenizer=dict(vocab_size=256),
-      vlm=dict(scenes=3000, qa_per_scene=8, eval_scenes=150, steps=1500, batch_size=48, lr=3e-3, warmup=0.1,
-               end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, point_weight=1.0, prefix_len=20, suffix_len=12,
-               curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
+      # vlm.reuse_from: the workdir of an earlier run whose VLMs (per seed, gated there) this run reuses, so heads
+      # are compared on the same VLMs (paired); "" trains them here.
+      vlm=dict(reuse_from="", scenes=3000, qa_per_scene=8, eval_scenes=150, steps=1500, batch_size=48, lr=3e-3,
+               warmup=0.1, end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, point_weight=1.0, prefix_len=20,
+               suffix_len=12, curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
                gate=dict(probe="image_tokens", object=0.75, container=0.75), attempts=3),
       vla=dict(steps=6000, batch_size=16, lr=2e-3, warmup=0.05, vl_cotrain_weight=1.0),
       eval=dict(episodes_per_split=40, max_steps=20, replan=4, flow_steps=10, sweep_flow_steps=(5, 20)),
@@ -155,11 +194,13 @@ class VlBatches:
 # --- VLM ----------------------------------------------------------------------------------------------------------
 
 
-def model_kw(cfg, vocab: int, *, apt_stage="none", recipe: Recipe = Recipe("")) -> dict:
+def model_kw(cfg, vocab: int, *, apt_stage="none", recipe: Recipe | None = None) -> dict:
   """Model kwargs of `cfg.head` at the testbed's size for one stage of a recipe."""
-  if cfg.head != "pi0":   # issue 17 adds the GR00T-style and APT-expert sizes here
-    raise NotImplementedError(f"the testbed has no tiny size for head {cfg.head!r} yet")
-  return vla.model_kwargs({**cfg.size.to_dict(), **recipe.size}, apt_stage=apt_stage, vocab_size=vocab,
+  recipe = recipe or Recipe("", head=cfg.head)
+  if recipe.head != cfg.head:
+    raise ValueError(f"recipe {recipe.label!r} trains head {recipe.head!r}, but config.head = {cfg.head!r}")
+  size = {**cfg.size.to_dict(), **cfg.head_size.to_dict().get(cfg.head, {}), **recipe.size}
+  return vla.model_kwargs(size, head=cfg.head, apt_stage=apt_stage, vocab_size=vocab,
                           vlm_trainable=False if apt_stage == "stage1" else recipe.vlm == "tuned",
                           knowledge_insulation=recipe.ki,
                           vlm_lr_multiplier=None if apt_stage == "stage1" else recipe.vlm_lr)
@@ -167,14 +208,77 @@ def model_kw(cfg, vocab: int, *, apt_stage="none", recipe: Recipe = Recipe("")) 
 
 def vlm_recipe(cfg) -> dict:
   """The VLM settings that determine a pretrained VLM (everything in `cfg.vlm` but the gate), as JSON reads them."""
-  return json.loads(json.dumps({k: x for k, x in cfg.vlm.to_dict().items() if k not in ("gate", "attempts")}))
+  return json.loads(json.dumps({k: x for k, x in cfg.vlm.to_dict().items()
+                                if k not in ("gate", "attempts", "reuse_from")}))
+
+
+def gate_model_config(cfg, vocab: int):
+  """The model whose VLM features the gate probes: the head's Stage 2 (frozen VLM), whose prefix every recipe's
+  model reads (one-stage runs use the same prefix mask; Stage 1 reads the images without the prompt)."""
+  return registry.create_config(cfg.head, **model_kw(cfg, vocab, apt_stage="stage2", recipe=Recipe(
+      "gate", head=cfg.head, fusion=True, vlm="frozen")))
+
+
+def _probe(cfg, params, mc, tokenizer, seed) -> dict:
+  """Probe accuracy per split on the features `mc`'s head reads (info fields)."""
+  v = cfg.vlm
+  t = time.time()
+  probe = probes.report(params, mc, tokenizer, train_scenes=v.probe_train_scenes, eval_scenes=v.probe_eval_scenes,
+                        seed=seed)
+  return dict(probe=probe, probe_s=round(time.time() - t, 1), probe_layers=list(probes.read_layers(mc)))
+
+
+def _log_gate(cfg, info, name, log, vlm_seed):
+  """Logs the probe table, then the gate (raises probes.VlmGateError)."""
+  v = cfg.vlm
+  log(f"{name}: probe accuracy (object / container) per split, layers {info.get('probe_layers')}:\n"
+      + report.probe_table(info["probe"]))
+  probes.check_gate(info["probe"], v.gate.to_dict(), vlm_seed=vlm_seed)
+  log(f"{name}: PASSES the gate ({v.gate.probe} probe, seen split >= {v.gate.object} / {v.gate.container})")
+
+
+def reuse_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
+  """The VLM that the run in `cfg.vlm.reuse_from` trained and gated for `seed` (its corpus, tokenizer and params),
+  copied into this workdir and gated again on the features this run's head reads. -> as pretrain_vlm."""
+  src = pathlib.Path(cfg.vlm.reuse_from) / "vlm" / f"s{seed}"
+  if not (src / "vlm.json").exists():
+    raise FileNotFoundError(f"config.vlm.reuse_from={cfg.vlm.reuse_from!r}: no gated VLM for seed {seed} "
+                            f"({src / 'vlm.json'} is missing)")
+  src_info = json.loads((src / "vlm.json").read_text())
+  if src_info["recipe"] != vlm_recipe(cfg):
+    diff = sorted(k for k in {**src_info["recipe"], **vlm_recipe(cfg)}
+                  if src_info["recipe"].get(k) != vlm_recipe(cfg).get(k))
+    raise ValueError(f"config.vlm.reuse_from: {src / 'vlm.json'} was trained with another VLM recipe (config.vlm "
+                     f"keys {diff} differ)")
+  out = workdir / "vlm" / f"s{seed}"
+  out.mkdir(parents=True, exist_ok=True)
+  npz = out / f"vlm_attempt{src_info['attempt']}.npz"
+  for f in (npz.name, "tokenizer.model"):
+    if not (out / f).exists():
+      shutil.copyfile(src / f, out / f)
+  tokenizer = _tokenizer.PaligemmaTokenizer(str(out / "tokenizer.model"), max_len=cfg.size.max_token_len)
+  vocab = max(cfg.tokenizer.vocab_size, tokenizer.vocab_size)
+  mc = gate_model_config(cfg, vocab)
+  name = f"VLM seed {seed} (from {src})"
+  info_path = out / "vlm.json"
+  info = json.loads(info_path.read_text()) if info_path.exists() else None
+  if info is None or info.get("probe_layers") != list(probes.read_layers(mc)):
+    info = dict(src_info, reused_from=str(src), **_probe(cfg, weight_loaders.load_paligemma_npz(npz), mc, tokenizer,
+                                                        seed))
+    info_path.write_text(json.dumps(info, indent=1))
+  _log_gate(cfg, info, name, log, vlm_seed=f"{seed} attempt {src_info['attempt']} (reused from {src})")
+  return dict(npz=str(npz), tokenizer=tokenizer, tokenizer_path=str(out / "tokenizer.model"), vocab=vocab,
+              corpus=corpus.generate(cfg.vlm.scenes, cfg.vlm.qa_per_scene, seed=seed), info=info)
 
 
 def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
   """Corpus + tokenizer (from `seed`), then VLM attempts until one passes the probe gate: attempt a uses init and
   batch-order seed `seed + 1000 * a` on the same corpus, at most `vlm.attempts` (a tiny VLM's object grounding emerges
   on some inits and not others: docs/testbed_v2_protocol.md, Deviations). Finished attempts are reused on a rerun.
-  -> dict of paths and results. Raises probes.VlmGateError, naming every attempt, when none passes."""
+  -> dict of paths and results. Raises probes.VlmGateError, naming every attempt, when none passes.
+  With `vlm.reuse_from`, the VLM of an earlier run instead (reuse_vlm)."""
+  if cfg.vlm.reuse_from:
+    return reuse_vlm(cfg, seed, workdir, log)
   out = workdir / "vlm" / f"s{seed}"
   out.mkdir(parents=True, exist_ok=True)
   v = cfg.vlm
@@ -185,7 +289,7 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
                                    str(out / "tokenizer"), vocab_size=cfg.tokenizer.vocab_size)
   tokenizer = _tokenizer.PaligemmaTokenizer(str(tok_path), max_len=cfg.size.max_token_len)
   vocab = max(cfg.tokenizer.vocab_size, tokenizer.vocab_size)
-  mc = registry.create_config(cfg.head, **model_kw(cfg, vocab, apt_stage="stage2", recipe=RECIPES["apt_frozen"]))
+  mc = gate_model_config(cfg, vocab)
   failures = []
   recipe = vlm_recipe(cfg)   # an attempt is reused only if it was trained with it (an older recipe's is retrained)
   for attempt in range(v.attempts):
@@ -203,22 +307,17 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
       res = vlm_pretrain.pretrain(mc, tokenizer, vlm_corpus, corpus.generate(v.eval_scenes, 4, seed=seed + 50_000),
                                   v.to_dict(), seed=init_seed, log=log)
       vlm_pretrain.save(npz, res.params)
-      t = time.time()
-      probe = probes.report(res.params, mc, tokenizer, train_scenes=v.probe_train_scenes,
-                            eval_scenes=v.probe_eval_scenes, seed=seed)
       info = dict(seed=seed, attempt=attempt, init_seed=init_seed, recipe=recipe, eval_accuracy=res.eval_accuracy,
-                  losses=res.losses, train_s=round(res.train_seconds, 1), probe=probe,
-                  probe_s=round(time.time() - t, 1))
+                  losses=res.losses, train_s=round(res.train_seconds, 1), **_probe(cfg, res.params, mc, tokenizer,
+                                                                                   seed))
       info_path.write_text(json.dumps(info, indent=1))
     log(f"{name}: held-out exact match " + ", ".join(f"{k} {x:.2f}" for k, x in info["eval_accuracy"].items()))
-    log(f"{name}: probe accuracy (object / container) per split:\n" + report.probe_table(info["probe"]))
     try:
-      probes.check_gate(info["probe"], v.gate.to_dict(), vlm_seed=f"{seed} attempt {attempt}")
+      _log_gate(cfg, info, name, log, vlm_seed=f"{seed} attempt {attempt}")
     except probes.VlmGateError as e:
       failures.append(str(e).split(". The VLM")[0])
       log(f"{name}: {failures[-1]}")
       continue
-    log(f"{name}: PASSES the gate ({v.gate.probe} probe, seen split >= {v.gate.object} / {v.gate.container})")
     (out / "vlm.json").write_text(json.dumps(dict(info, failed_attempts=failures), indent=1))
     return dict(npz=str(npz), tokenizer=tokenizer, tokenizer_path=str(tok_path), vocab=vocab, corpus=vlm_corpus,
                 info=info)
@@ -338,12 +437,12 @@ def eval_sets(cfg, arm, seed, train: L.Episodes, tokenizer) -> dict:
   return sets
 
 
-def episode_rows(arm, recipe, seed, flow_steps, results, sets) -> list[dict]:
+def episode_rows(head, arm, recipe, seed, flow_steps, results, sets) -> list[dict]:
   rows = []
   for split, (ok, grasp) in results.items():
     eps = sets[split][0]
     for i in range(len(ok)):
-      rows.append(dict(arm=arm, recipe=recipe, seed=seed, split=split, episode=i, flow_steps=flow_steps,
+      rows.append(dict(head=head, arm=arm, recipe=recipe, seed=seed, split=split, episode=i, flow_steps=flow_steps,
                        success=bool(ok[i]), grasp=bool(grasp[i]), instruction=eps.instructions[i],
                        pair=list(eps.pairs[i])))
   return rows
@@ -364,6 +463,9 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, command: str = "") -> dict:
   for r in cfg.recipes:
     if r not in RECIPES:
       raise ValueError(f"config.recipes: unknown recipe {r!r}; known: {sorted(RECIPES)}")
+    if RECIPES[r].head != cfg.head:
+      raise ValueError(f"config.recipes: recipe {r!r} trains head {RECIPES[r].head!r}, but config.head = "
+                       f"{cfg.head!r}; recipes of this head: {list(recipes_of(cfg.head))}")
   (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
   rows_path = workdir / "results.jsonl"
   t_start, timings = time.time(), {}
@@ -397,7 +499,7 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, command: str = "") -> dict:
             continue
           res = evaluate(cfg, mc, params, sets, seed=seed, flow_steps=f)
           with open(rows_path, "a") as fh:
-            fh.writelines(json.dumps(row) + "\n" for row in episode_rows(arm, name, seed, f, res, sets))
+            fh.writelines(json.dumps(row) + "\n" for row in episode_rows(cfg.head, arm, name, seed, f, res, sets))
           if f == cfg.eval.flow_steps:
             log(f"  {arm}/{name} s{seed}: success " + " ".join(f"{s} {np.mean(x[0]):.2f}" for s, x in res.items())
                 + " | grasp " + " ".join(f"{s} {np.mean(x[1]):.2f}" for s, x in res.items()))

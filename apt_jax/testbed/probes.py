@@ -45,18 +45,11 @@ def read_layers(model_config) -> tuple[int, ...]:
   raise ValueError(f"no probe layers defined for head {head!r}")
 
 
-def images_see_prompt(model_config) -> bool:
-  """Whether the head runs the VLM with image tokens attending to the prompt (prefix-LM)."""
-  if registry.head_name(model_config) == "pi0":
-    return not (model_config.apt_stage == "stage2" and model_config.stage2_prefix_mask == "causal")
-  return not model_config.language_block
-
-
 def features(vlm_params, model_config, images, tokens, masks, batch_size: int = 128):
   """-> (image-token features [B, N, F], mean prompt features [B, F]) as numpy float32."""
   c = model_config
   module = _vlm.from_config(c, return_hidden_states=True)
-  layers, language_block = np.array(read_layers(c)), not images_see_prompt(c)
+  layers, language_block = np.array(read_layers(c)), c.language_block
 
   @jax.jit
   def fn(params, images, tokens, masks):

@@ -130,7 +130,9 @@ def write(workdir, cfg, rows, *, labels: dict, timings: dict, command: str = "")
     primary = stats.primary_endpoint(rows, endpoint, flow_steps=f)
     summary["primary"] = primary
     contrasts += primary["contrasts"]
-    md += ["## Primary endpoint (pre-registered)\n", contrasts_markdown(primary["contrasts"]),
+    title = ("Primary endpoint (pre-registered)" if cfg.head == "pi0" else
+             f"{cfg.head}: two-stage gain over its joint run (Fig. 4), read with the primary endpoint's rule")
+    md += [f"## {title}\n", contrasts_markdown(primary["contrasts"]),
            f"\nReading (docs/testbed_v2_protocol.md §6): **{primary['verdict']}**"
            + (" (one seed: no interval; the demo cannot decide)" if len(seeds) < 2 else ""), ""]
   secondary = []

@@ -28,21 +28,31 @@ from apt_jax.testbed import tabletop as T
 IMAGE_SIZE = T.IMAGE_SIZE
 
 
-def model_kwargs(size: dict, *, apt_stage="none", vlm_trainable=None, knowledge_insulation=False, vocab_size=256,
-                 vlm_lr_multiplier=None):
-  """Pi0Config kwargs of the testbed's tiny π0 (size: dict of vlm_width, expert_width, depth, siglip_width...)."""
+# Head-specific model kwargs that `size` passes through verbatim (each head's own config fields).
+HEAD_KWARGS = {"pi0": ("fusion_gate",), "gr00t": ("dit_variant", "vlm_layer"),
+               "apt_expert": ("expert_variant", "vlm_taps", "stage2_init", "objective", "ddim_loss")}
+
+
+def model_kwargs(size: dict, *, head="pi0", apt_stage="none", vlm_trainable=None, knowledge_insulation=False,
+                 vocab_size=256, vlm_lr_multiplier=None):
+  """Config kwargs of the testbed's tiny `head` (size: dict of vlm_width, depth, siglip_width... and, for π0,
+  expert_width; every other head's sizes are its config's own fields, listed in HEAD_KWARGS)."""
+  if head not in HEAD_KWARGS:
+    raise ValueError(f"the testbed has no tiny size for head {head!r}; known: {sorted(HEAD_KWARGS)}")
   heads, kv_heads, head_dim = size.get("num_heads", 2), size.get("num_kv_heads", 1), size.get("head_dim", 16)
-  # Stage 2 options pass through when `size` sets them; otherwise Pi0Config's defaults apply.
-  stage2 = {k: size[k] for k in ("fusion_gate", "stage2_prefix_mask") if k in size}
+  # Stage 2 options pass through when `size` sets them; otherwise the head config's defaults apply.
+  own = {k: size[k] for k in ("stage2_prefix_mask",) + HEAD_KWARGS[head] if k in size}
+  if head == "pi0":
+    own["action_expert_variant"] = dict(width=size["expert_width"], depth=size["depth"],
+                                        mlp_dim=2 * size["expert_width"], num_heads=heads, num_kv_heads=kv_heads,
+                                        head_dim=head_dim)
   return dict(
-      apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation, **stage2,
+      apt_stage=apt_stage, vlm_trainable=vlm_trainable, knowledge_insulation=knowledge_insulation, **own,
       vlm_lr_multiplier=vlm_lr_multiplier, dtype="float32", action_dim=3, action_horizon=size["action_horizon"],
       max_token_len=size["max_token_len"], vocab_size=vocab_size, num_steps=size.get("flow_steps", 10),
       remat_policy="none",
       paligemma_variant=dict(width=size["vlm_width"], depth=size["depth"], mlp_dim=2 * size["vlm_width"],
                              num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim),
-      action_expert_variant=dict(width=size["expert_width"], depth=size["depth"], mlp_dim=2 * size["expert_width"],
-                                 num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim),
       siglip_variant=dict(width=size["siglip_width"], depth=size["siglip_depth"], mlp_dim=2 * size["siglip_width"],
                           num_heads=2, patch_size=(size["patch_size"],) * 2),
       # One camera at the renderer's resolution: no resize to 224, no blank wrist cameras through SigLIP.

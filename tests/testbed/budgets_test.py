@@ -30,20 +30,19 @@ def run(tmp_path_factory):
                       cotrain=cotrain, init=init_params, npz=npz, batch=next(data)))
     return None, {"trained": name}
 
-  mp = pytest.MonkeyPatch()
-  mp.setattr(E, "_train", fake_train)
-  mp.setattr(E, "save_policy", lambda *a: None)
   vlm = dict(npz="vlm.npz", tokenizer=tok, tokenizer_path=tok_path, vocab=256, corpus=vlm_corpus)
   seed_run = E.SeedRun(cfg, 1, tmp, vlm, log=lambda *a: None)
   out = {}
-  for arm in L.ARMS:
-    train = L.training_episodes(arm, cfg.data.episodes, 1)
-    frames = E.episode_frames(cfg, train, tok, seed=1, render=True)
-    for name in E.RECIPES:
-      n0 = len(calls)
-      seed_run.train_recipe(arm, name, frames)
-      out[arm, name] = calls[n0:]
-  mp.undo()
+  with pytest.MonkeyPatch.context() as mp:   # undone even if a recipe raises (later tests save real policies)
+    mp.setattr(E, "_train", fake_train)
+    mp.setattr(E, "save_policy", lambda *a: None)
+    for arm in L.ARMS:
+      train = L.training_episodes(arm, cfg.data.episodes, 1)
+      frames = E.episode_frames(cfg, train, tok, seed=1, render=True)
+      for name in E.recipes_of("pi0"):
+        n0 = len(calls)
+        seed_run.train_recipe(arm, name, frames)
+        out[arm, name] = calls[n0:]
   return cfg, tok, seed_run, out
 
 
@@ -51,7 +50,7 @@ def test_stage1_pool_is_trained_once_per_seed_and_shared(run):
   cfg, _tok, _seed_run, out = run
   s1 = [c for calls in out.values() for c in calls if c["stage"] == "stage1" and "pool" in c["name"]]
   assert len(s1) == 1 and s1[0]["steps"] == cfg.vla.steps and s1[0]["npz"] == "vlm.npz"
-  pool_users = [k for k, v in E.RECIPES.items() if v.stage1 == "pool"]
+  pool_users = [k for k in E.recipes_of("pi0") if E.RECIPES[k].stage1 == "pool"]
   for arm in L.ARMS:
     for name in pool_users:
       main = out[arm, name][-1]

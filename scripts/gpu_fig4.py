@@ -1,0 +1,87 @@
+"""Fig. 4 on one GPU (experiments/testbed_gpu.py): for each seed, the π-style head (which trains and gates the seed's
+VLM), then the GR00T-style and APT-expert heads on that VLM; after every (seed, head) the pooled per-episode rows,
+the logs and the Fig. 4 report are copied into OUT, so a run stopped at its time limit leaves its results there.
+
+  python scripts/gpu_fig4.py OUT [--tiny] [--work /tmp/gpu_fig4] [--budget_s 480]   # via scripts/gpu_fig4.sh
+
+OUT receives results.jsonl (every head's episodes; rows carry `head`), log.txt, fig4.md, fig4.json and the plots.
+A seed whose VLM fails the probe gate is logged and skipped. --budget_s: no new (seed, head) run starts after it.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # the repo root: apt_jax and experiments
+
+from apt_jax.testbed import experiment
+from apt_jax.testbed import fig4
+from apt_jax.testbed import probes
+from experiments import testbed_gpu
+
+
+def collect(work: pathlib.Path, heads, out: pathlib.Path, log_lines) -> list[dict]:
+  """Pools the heads' rows and logs into OUT (written whole, then renamed: a reader never sees half a file)."""
+  rows, logs = [], list(log_lines)
+  for h in heads:
+    rows += experiment.read_rows(work / h / "results.jsonl")
+    if (work / h / "log.txt").exists():
+      logs += [f"==== {h} ====", (work / h / "log.txt").read_text()]
+  for name, text in (("results.jsonl", "".join(json.dumps(r) + "\n" for r in rows)), ("log.txt", "\n".join(logs))):
+    (out / f".{name}").write_text(text)
+    (out / f".{name}").replace(out / name)
+  return rows
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("out")
+  p.add_argument("--tiny", action="store_true", help="the CPU test's size")
+  p.add_argument("--work", default="/tmp/gpu_fig4", help="checkpoints and per-head workdirs")
+  p.add_argument("--heads", default=",".join(testbed_gpu.HEADS))
+  p.add_argument("--budget_s", type=float, default=480.0)
+  args = p.parse_args(argv)
+  out, work = pathlib.Path(args.out), pathlib.Path(args.work)
+  out.mkdir(parents=True, exist_ok=True)
+  heads = args.heads.split(",")
+  if heads[0] != "pi0":
+    raise SystemExit(f"--heads {args.heads!r}: pi0 comes first (its run trains the VLMs the others reuse)")
+  cfgs = {h: testbed_gpu.get_config(h + (":tiny" if args.tiny else "")) for h in heads}
+  t0, log = time.time(), []
+
+  def note(msg):
+    log.append(f"[{time.time() - t0:6.0f}s] {msg}")
+    print(log[-1], flush=True)
+
+  note(f"heads {heads}, seeds {list(cfgs['pi0'].seeds)}, budget {args.budget_s:.0f}s; work {work}")
+  stop = False
+  for seed in cfgs["pi0"].seeds:
+    for h in heads:
+      stop = time.time() - t0 > args.budget_s
+      if stop:
+        note(f"budget spent: seed {seed} {h} and later not started")
+        break
+      c = cfgs[h].copy_and_resolve_references()
+      c.seeds = (seed,)
+      if h != "pi0":
+        c.vlm.reuse_from = str(work / "pi0")
+      t = time.time()
+      try:
+        experiment.run(c, work / h, command=f"scripts/gpu_fig4.py seed {seed} head {h}")
+      except probes.VlmGateError as e:
+        note(f"seed {seed} {h}: VLM gate failed, the seed's other heads skipped: {str(e)[:300]}")
+        break
+      note(f"seed {seed} {h}: done in {time.time() - t:.0f}s")
+      fig4.write(collect(work, heads, out, log), out)
+    if stop:
+      break
+  rows = collect(work, heads, out, log)
+  if rows:
+    fig4.write(rows, out)
+  note(f"finished: {len(rows)} episode rows in {out / 'results.jsonl'}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,52 @@
+"""The GPU script (scripts/gpu_fig4.sh) at the tiny size on CPU: every head's Fig. 4 recipes run end to end (Stage 1
+-> Stage 2 saved), the heads on the π run's VLM, the pooled rows and the Fig. 4 report in OUT; the saved APT-expert
+checkpoints load and re-evaluate to the same episodes. ~10 VLA compiles: tens of minutes on 2 cores, marked slow."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_gpu_script_tiny(tmp_path):
+  from apt_jax.testbed import experiment
+  from apt_jax.testbed import language as L
+  from experiments import testbed_gpu
+  out, work = tmp_path / "out", tmp_path / "work"
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu", GPU_FIG4_LIMIT_S="5400")
+  r = subprocess.run(["bash", "scripts/gpu_fig4.sh", str(out), "--tiny", "--work", str(work), "--budget_s", "5400"],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=6000, check=False)
+  assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+  rows = experiment.read_rows(out / "results.jsonl")
+  for head in testbed_gpu.HEADS:
+    cfg = testbed_gpu.get_config(f"{head}:tiny")
+    mine = [x for x in rows if x["head"] == head]
+    assert len(mine) == len(cfg.recipes) * len(L.SPLITS) * cfg.eval.episodes_per_split, head
+    assert {x["recipe"] for x in mine} == set(cfg.recipes)
+    for recipe in cfg.recipes:
+      assert (work / head / "shortcut" / recipe / "s0" / "checkpoints" / str(cfg.vla.steps) / "params").exists()
+    if head != "pi0":   # the π run's VLM, byte for byte, gated again on this head's features
+      info = json.loads((work / head / "vlm" / "s0" / "vlm.json").read_text())
+      assert info["reused_from"] == str(work / "pi0" / "vlm" / "s0")
+      assert (work / head / "vlm" / "s0" / "vlm_attempt0.npz").read_bytes() == \
+          (work / "pi0" / "vlm" / "s0" / "vlm_attempt0.npz").read_bytes()
+  assert len(list(out.iterdir())) <= 8          # what the device tool brings back from OUT
+  summary = json.loads((out / "fig4.json").read_text())
+  assert {c["head"] for c in summary["gains"]} == set(testbed_gpu.HEADS)
+  assert "seed 0 apt_expert: done" in (out / "log.txt").read_text()
+
+  # Saved -> loaded -> evaluated: without its rows, the APT-expert run re-evaluates its checkpoints, training nothing.
+  cfg = testbed_gpu.get_config("apt_expert:tiny")
+  cfg.vlm.reuse_from = str(work / "pi0")
+  before = experiment.read_rows(work / "apt_expert" / "results.jsonl")
+  (work / "apt_expert" / "results.jsonl").unlink()
+  log_len = len((work / "apt_expert" / "log.txt").read_text())
+  experiment.run(cfg, work / "apt_expert", command="re-evaluate")
+  assert "step 1/" not in (work / "apt_expert" / "log.txt").read_text()[log_len:]
+  assert experiment.read_rows(work / "apt_expert" / "results.jsonl") == before
