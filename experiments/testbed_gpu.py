@@ -1,9 +1,9 @@
-r"""Testbed v2 Fig. 4 on one GPU (scripts/gpu_fig4.sh): a larger VLM (width 128, depth 4) and heads at 2x the CPU
+r"""Testbed v2 Fig. 4 on one GPU (experiments/testbed_gpu.sh): a larger VLM (width 128, depth 4) and heads at 2x the CPU
 widths (the same ratios between heads: docs/testbed_v2_heads/cost.json), up to 8 seeds, the shortcut arm, each head's
 joint and Stage 1 -> 2 recipes (frozen VLM and VLM tuned; the APT expert's preserving init), 2000 VLA steps. Arg:
 `<head>` or `<head>:tiny` (the CPU test's size). A recipe's seeds share its compiled step (vla._compiled), so compile
 cost does not grow with seeds; seeds are not vmapped (each runs its own steps), so in 9 min the script finishes as
-many whole seeds as fit (scripts/gpu_fig4.py stops starting runs at its budget); unmeasured on a GPU so far.
+many whole seeds as fit (apt_jax/testbed/gpu_fig4.py stops starting runs at its budget); unmeasured on a GPU so far.
 """
 
 from apt_jax.testbed import fig4

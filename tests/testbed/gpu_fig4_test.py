@@ -1,6 +1,7 @@
-"""The GPU script (scripts/gpu_fig4.sh) at the tiny size on CPU: every head's Fig. 4 recipes run end to end (Stage 1
--> Stage 2 saved), the heads on the π run's VLM, the pooled rows and the Fig. 4 report in OUT; the saved APT-expert
-checkpoints load and re-evaluate to the same episodes. ~10 VLA compiles: tens of minutes on 2 cores, marked slow."""
+"""The GPU script (experiments/testbed_gpu.sh) at the tiny size on CPU: every head's Fig. 4 recipes run end to
+end (Stage 1 -> Stage 2 saved), the heads on the π run's VLM, the pooled rows and the Fig. 4 report in OUT; the saved
+APT-expert checkpoints load and re-evaluate to the same episodes. ~10 VLA compiles: tens of minutes on 2 cores, marked
+slow."""
 
 import json
 import os
@@ -20,8 +21,8 @@ def test_gpu_script_tiny(tmp_path):
   from experiments import testbed_gpu
   out, work = tmp_path / "out", tmp_path / "work"
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu", GPU_FIG4_LIMIT_S="5400")
-  r = subprocess.run(["bash", "scripts/gpu_fig4.sh", str(out), "--tiny", "--work", str(work), "--budget_s", "5400"],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=6000, check=False)
+  cmd = ["bash", "experiments/testbed_gpu.sh", str(out), "--tiny", "--work", str(work), "--budget_s", "5400"]
+  r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=6000, check=False)
   assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
   rows = experiment.read_rows(out / "results.jsonl")
   for head in testbed_gpu.HEADS:

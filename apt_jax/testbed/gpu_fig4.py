@@ -2,7 +2,7 @@
 VLM), then the GR00T-style and APT-expert heads on that VLM; after every (seed, head) the pooled per-episode rows,
 the logs and the Fig. 4 report are copied into OUT, so a run stopped at its time limit leaves its results there.
 
-  python scripts/gpu_fig4.py OUT [--tiny] [--work /tmp/gpu_fig4] [--budget_s 480]   # via scripts/gpu_fig4.sh
+  experiments/testbed_gpu.sh OUT [--tiny] [--work /tmp/gpu_fig4] [--budget_s 480]   # runs this module
 
 OUT receives results.jsonl (every head's episodes; rows carry `head`), log.txt, fig4.md, fig4.json and the plots.
 A seed whose VLM fails the probe gate is logged and skipped. --budget_s: no new (seed, head) run starts after it.
@@ -11,15 +11,14 @@ A seed whose VLM fails the probe gate is logged and skipped. --budget_s: no new 
 import argparse
 import json
 import pathlib
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # the repo root: apt_jax and experiments
-
+from apt_jax import experiment_files
 from apt_jax.testbed import experiment
 from apt_jax.testbed import fig4
 from apt_jax.testbed import probes
-from experiments import testbed_gpu
+
+CONFIG = experiment_files.REPO_ROOT / "experiments" / "testbed_gpu.py"
 
 
 def collect(work: pathlib.Path, heads, out: pathlib.Path, log_lines) -> list[dict]:
@@ -40,7 +39,7 @@ def main(argv=None):
   p.add_argument("out")
   p.add_argument("--tiny", action="store_true", help="the CPU test's size")
   p.add_argument("--work", default="/tmp/gpu_fig4", help="checkpoints and per-head workdirs")
-  p.add_argument("--heads", default=",".join(testbed_gpu.HEADS))
+  p.add_argument("--heads", default=",".join(fig4.FIG4))
   p.add_argument("--budget_s", type=float, default=480.0)
   args = p.parse_args(argv)
   out, work = pathlib.Path(args.out), pathlib.Path(args.work)
@@ -48,7 +47,7 @@ def main(argv=None):
   heads = args.heads.split(",")
   if heads[0] != "pi0":
     raise SystemExit(f"--heads {args.heads!r}: pi0 comes first (its run trains the VLMs the others reuse)")
-  cfgs = {h: testbed_gpu.get_config(h + (":tiny" if args.tiny else "")) for h in heads}
+  cfgs = {h: experiment_files.load(CONFIG, h + (":tiny" if args.tiny else "")) for h in heads}
   t0, log = time.time(), []
 
   def note(msg):
@@ -69,7 +68,7 @@ def main(argv=None):
         c.vlm.reuse_from = str(work / "pi0")
       t = time.time()
       try:
-        experiment.run(c, work / h, command=f"scripts/gpu_fig4.py seed {seed} head {h}")
+        experiment.run(c, work / h, command=f"apt_jax.testbed.gpu_fig4 seed {seed} head {h}")
       except probes.VlmGateError as e:
         note(f"seed {seed} {h}: VLM gate failed, the seed's other heads skipped: {str(e)[:300]}")
         break
