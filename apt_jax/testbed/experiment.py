@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import pathlib
 import shutil
@@ -449,7 +450,12 @@ def episode_rows(head, arm, recipe, seed, flow_steps, results, sets) -> list[dic
 
 
 def read_rows(path: pathlib.Path) -> list[dict]:
-  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+  """Episode rows of a results.jsonl (or the gzipped copy committed under docs/); [] if there is none yet."""
+  if not path.exists():
+    return []
+  with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+    text = f.read()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # --- Main ---------------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ pooled per seed. Writes fig4.md, fig4.json, fig4_success_<head>.png and fig4_gai
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import pathlib
 
@@ -40,17 +39,11 @@ def default_steps() -> dict:
 
 
 def read_rows(paths) -> list[dict]:
-  rows = []
-  for p in map(pathlib.Path, paths):
+  paths = list(map(pathlib.Path, paths))
+  for p in paths:
     if not p.exists():
       raise FileNotFoundError(f"--results: {p} does not exist")
-    if p.suffix == ".gz":
-      with gzip.open(p, "rt") as f:
-        text = f.read()
-    else:
-      text = p.read_text()
-    rows += [json.loads(line) for line in text.splitlines() if line.strip()]
-  return rows
+  return [row for p in paths for row in E.read_rows(p)]
 
 
 def select(rows, *, arm: str, steps: dict) -> list[dict]:
