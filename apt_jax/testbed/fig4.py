@@ -4,9 +4,12 @@ minus one-stage joint, per seed, paired) with seed-level t-intervals (stats.py, 
   python -m apt_jax.testbed.fig4 --results docs/testbed_v2_shortcut/results.jsonl.gz \
       out/testbed_v2_gr00t/results.jsonl out/testbed_v2_apt_expert/results.jsonl --out docs/testbed_v2_heads
 
-Rows from several runs (results.jsonl[.gz]) are pooled; a row's head is its recipe's. Each head is read at its own
-sampler's protocol steps (flow 10, DDIM 20; `--steps head=N` overrides). Split "all" = every split's episodes
-pooled per seed. Writes fig4.md, fig4.json, fig4_success_<head>.png and fig4_gain.png in --out.
+Rows from several runs (results.jsonl[.gz]) are pooled; a row's head is its recipe's. A file given as NAME=PATH is
+a variant of its head (e.g. `apt_expert_flow=out/x/results.jsonl`: the APT expert trained with another objective):
+its rows become head NAME with recipes NAME:<recipe>, reported beside the others, never pooled with them. Each head
+is read at its own sampler's protocol steps (flow 10, DDIM 20; a variant at its rows' one step count; `--steps
+head=N` overrides). Split "all" = every split's episodes pooled per seed. Writes fig4.md, fig4.json,
+fig4_success_<head>.png and fig4_gain.png in --out.
 """
 
 from __future__ import annotations
@@ -39,39 +42,70 @@ def default_steps() -> dict:
 
 
 def read_rows(paths) -> list[dict]:
-  paths = list(map(pathlib.Path, paths))
-  for p in paths:
-    if not p.exists():
-      raise FileNotFoundError(f"--results: {p} does not exist")
-  return [row for p in paths for row in E.read_rows(p)]
-
-
-def select(rows, *, arm: str, steps: dict) -> list[dict]:
-  """The Fig. 4 recipes' rows of `arm` at each head's steps, plus every row again under split "all"."""
+  """Rows of every results file; `NAME=PATH`: a variant's rows, relabelled head NAME, recipe NAME:<recipe>."""
   head_of = {r: h for h, (joint, two) in FIG4.items() for r in (joint, *two)}
+  out = []
+  for spec in map(str, paths):
+    name, _, path = spec.rpartition("=")
+    path = pathlib.Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"--results: {path} does not exist")
+    if name in FIG4:
+      raise ValueError(f"--results {spec!r}: variant name {name!r} is a head's own; choose another")
+    for row in E.read_rows(path):
+      if name:
+        if row["recipe"] not in head_of:
+          raise ValueError(f"--results {spec!r}: recipe {row['recipe']!r} of a variant is not a Fig. 4 recipe")
+        row = dict(row, head=name, variant_of=head_of[row["recipe"]], recipe=f"{name}:{row['recipe']}")
+      out.append(row)
+  return out
+
+
+def heads_of(rows) -> dict:
+  """FIG4 plus one entry per variant in `rows`: NAME -> its head's recipes, prefixed NAME:."""
+  heads = dict(FIG4)
+  for name, base in sorted({(r["head"], r["variant_of"]) for r in rows if "variant_of" in r}):
+    joint, two = FIG4[base]
+    heads[name] = (f"{name}:{joint}", tuple(f"{name}:{r}" for r in two))
+  return heads
+
+
+def variant_steps(rows) -> dict:
+  """A variant's default steps: its rows' one step count, else its head's."""
+  steps = {}
+  for name in {r["head"] for r in rows if "variant_of" in r}:
+    counts = {r["flow_steps"] for r in rows if r["head"] == name}
+    base = next(r["variant_of"] for r in rows if r["head"] == name)
+    steps[name] = counts.pop() if len(counts) == 1 else default_steps()[base]
+  return steps
+
+
+def select(rows, *, arm: str, steps: dict, heads: dict = FIG4) -> list[dict]:
+  """The Fig. 4 recipes' rows of `arm` at each head's steps, plus every row again under split "all"."""
+  head_of = {r: h for h, (joint, two) in heads.items() for r in (joint, *two)}
   out = [r for r in rows if r["arm"] == arm and r["recipe"] in head_of
          and r["flow_steps"] == steps[head_of[r["recipe"]]]]
   return out + [dict(r, split=ALL) for r in out]
 
 
-def gains(rows, *, arm: str, level: float = 0.95) -> list[dict]:
+def gains(rows, *, arm: str, level: float = 0.95, heads: dict = FIG4) -> list[dict]:
   """Paired two-stage gain per head, Stage 2 recipe and split (+ "all"): d_s = success(2-stage) - success(joint)."""
   present = {r["recipe"] for r in rows}
   out = []
-  for head, (joint, two) in FIG4.items():
+  for head, (joint, two) in heads.items():
     for recipe in (r for r in two if r in present and joint in present):
       out += [dict(stats.paired_contrast(rows, arm=arm, recipe=recipe, baseline=joint, split=s, level=level),
                    head=head) for s in (*L.SPLITS, ALL)]
   return out
 
 
-def gain_table(contrasts) -> str:
+def gain_table(contrasts, heads: dict = FIG4) -> str:
   """Markdown: one row per head and Stage 2 recipe, one column per split (+ all): mean [95% interval]."""
   splits = (*L.SPLITS, ALL)
   lines = ["| head | Stage 1 -> 2 recipe (minus joint) | " + " | ".join(splits) + " |",
            "|---|---|" + "---|" * len(splits)]
   by = {(c["recipe"], c["split"]): c for c in contrasts}
-  for head, (_, two) in FIG4.items():
+  for head, (_, two) in heads.items():
     for r in (r for r in two if (r, ALL) in by):
       cells = [by[r, s] for s in splits]
       lines.append(f"| {head} | {r} | " + " | ".join(
@@ -80,12 +114,12 @@ def gain_table(contrasts) -> str:
   return "\n".join(lines)
 
 
-def plot_gains(contrasts, path) -> None:
+def plot_gains(contrasts, path, heads: dict = FIG4) -> None:
   import matplotlib as mpl
   mpl.use("Agg")
   import matplotlib.pyplot as plt
 
-  order = [x for _, two in FIG4.values() for x in two]
+  order = [x for _, two in heads.values() for x in two]
   variants = sorted({c["recipe"] for c in contrasts}, key=order.index)
   splits = (*L.SPLITS, ALL)
   fig, ax = plt.subplots(figsize=(12, 4.5))
@@ -98,8 +132,8 @@ def plot_gains(contrasts, path) -> None:
     hi = np.array([cs[s]["hi"] if s in cs else np.nan for s in splits])
     finite = np.isfinite(lo) & np.isfinite(hi)                 # one seed: no interval, no bar
     err = [np.where(finite, np.clip(m - lo, 0, 2), 0), np.where(finite, np.clip(hi - m, 0, 2), 0)]
-    head = next(h for h, (_, two) in FIG4.items() if recipe in two)
-    ax.errorbar(x, m, yerr=err, fmt="o", capsize=2, label=f"{head}: {recipe} - {FIG4[head][0]}")
+    head = next(h for h, (_, two) in heads.items() if recipe in two)
+    ax.errorbar(x, m, yerr=err, fmt="o", capsize=2, label=f"{head}: {recipe} - {heads[head][0]}")
   ax.axhline(0, color="grey", lw=1)
   ax.set_xticks(np.arange(len(splits)), splits, rotation=15)
   ax.set_ylabel("gain: mean over seeds, 95% paired t-CI")
@@ -115,29 +149,32 @@ def write(rows, out, *, arm: str = "shortcut", steps: dict | None = None, level:
   """Tables, gains and plots of `rows` (all runs' rows) into `out`; returns the summary written to fig4.json."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  steps = {**default_steps(), **(steps or {})}
-  rows = select(rows, arm=arm, steps=steps)
+  table = heads_of(rows)
+  steps = {**default_steps(), **variant_steps(rows), **(steps or {})}
+  rows = select(rows, arm=arm, steps=steps, heads=table)
   if not rows:
-    raise ValueError(f"no Fig. 4 rows in arm {arm!r} at steps {steps} (recipes {FIG4})")
+    raise ValueError(f"no Fig. 4 rows in arm {arm!r} at steps {steps} (recipes {table})")
   labels = {r: E.RECIPES[r].label for r in E.RECIPES}
-  heads = [h for h, (joint, two) in FIG4.items() if any(r["recipe"] in (joint, *two) for r in rows)]
+  labels.update({f"{h}:{r}": f"{labels[r]} [{h}]" for h in table if h not in FIG4 for r in labels})
+  heads = [h for h, (joint, two) in table.items() if any(r["recipe"] in (joint, *two) for r in rows)]
   seeds = sorted({r["seed"] for r in rows})
   md = [f"# Fig. 4 in the testbed ({arm} arm)\n",
         (f"Seeds {seeds}; sampling steps {steps}. Cells: mean success over seeds [95% t-interval over seeds]; with "
          "one seed, k/n episodes.\n")]
   summary = dict(arm=arm, steps=steps, seeds=seeds, tables={})
   for head in heads:
-    joint, two = FIG4[head]
+    joint, two = table[head]
     recipes = [r for r in (joint, *two) if any(x["recipe"] == r for x in rows)]
     text, cells = report.table(rows, arm, recipes, labels, steps[head])
     summary["tables"][head] = cells
     report.plot_arm(cells, out / f"fig4_success_{head}.png", labels, f"{head}: success per split ({arm} arm)")
     md += [f"## {head}: success\n", text, ""]
-  summary["gains"] = gains(rows, arm=arm, level=level)
-  md += ["## Two-stage gain per head (Stage 1 -> 2 minus joint, paired over seeds)\n", gain_table(summary["gains"]),
+  summary["gains"] = gains(rows, arm=arm, level=level, heads=table)
+  md += ["## Two-stage gain per head (Stage 1 -> 2 minus joint, paired over seeds)\n",
+         gain_table(summary["gains"], table),
          "\nPer seed:\n", report.contrasts_markdown(summary["gains"]), ""]
   if summary["gains"]:
-    plot_gains(summary["gains"], out / "fig4_gain.png")
+    plot_gains(summary["gains"], out / "fig4_gain.png", table)
   summary["markdown"] = "\n".join(md)
   (out / "fig4.md").write_text(summary["markdown"] + "\n")
   (out / "fig4.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -146,18 +183,23 @@ def write(rows, out, *, arm: str = "shortcut", steps: dict | None = None, level:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--results", nargs="+", required=True, help="results.jsonl[.gz] files of the runs to pool")
+  p.add_argument("--results", nargs="+", required=True,
+                 help="results.jsonl[.gz] files of the runs to pool; NAME=PATH: a variant of its rows' head")
   p.add_argument("--out", required=True)
   p.add_argument("--arm", default="shortcut", choices=L.ARMS)
   p.add_argument("--steps", nargs="*", default=[], help="head=N: read head at N sampling steps")
   args = p.parse_args(argv)
-  steps = {}
+  try:
+    rows = read_rows(args.results)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  steps, known = {}, heads_of(rows)
   for s in args.steps:
     head, _, n = s.partition("=")
-    if head not in FIG4 or not n.isdigit():
-      raise SystemExit(f"--steps {s!r}: expected head=N with head in {tuple(FIG4)}")
+    if head not in known or not n.isdigit():
+      raise SystemExit(f"--steps {s!r}: expected head=N with head in {tuple(known)}")
     steps[head] = int(n)
-  print(write(read_rows(args.results), args.out, arm=args.arm, steps=steps)["markdown"])
+  print(write(rows, args.out, arm=args.arm, steps=steps)["markdown"])
 
 
 if __name__ == "__main__":

@@ -62,3 +62,23 @@ def test_write_from_several_runs(tmp_path):
     assert (tmp_path / "o" / name).stat().st_size > 0
   with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
     fig4.main(["--results", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
+
+
+def test_a_variant_file_is_reported_beside_its_head_not_pooled_with_it(tmp_path):
+  # The APT expert at DDIM 20 steps, and a variant run of the same recipes (flow matching, 10 steps).
+  ddim = _rows("aptx_joint", "apt_expert", {1: 0.1, 2: 0.1}, flow_steps=20) + \
+      _rows("aptx_2stage_frozen", "apt_expert", {1: 0.2, 2: 0.1}, flow_steps=20)
+  flow = _rows("aptx_joint", "apt_expert", {1: 0.3, 2: 0.5}) + \
+      _rows("aptx_2stage_frozen", "apt_expert", {1: 0.6, 2: 0.6})
+  for name, rows in (("ddim", ddim), ("flow", flow)):
+    (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  fig4.main(["--results", str(tmp_path / "ddim.jsonl"), f"aptx_flow={tmp_path / 'flow.jsonl'}",
+             "--out", str(tmp_path / "o")])
+  out = json.loads((tmp_path / "o" / "fig4.json").read_text())
+  assert set(out["tables"]) == {"apt_expert", "aptx_flow"} and out["steps"]["aptx_flow"] == 10
+  got = {(c["head"], c["recipe"], c["split"]): c["d"] for c in out["gains"]}
+  assert got["apt_expert", "aptx_2stage_frozen", "paraphrase"] == pytest.approx([0.1, 0.0])
+  assert got["aptx_flow", "aptx_flow:aptx_2stage_frozen", "paraphrase"] == pytest.approx([0.3, 0.1])
+  assert "| aptx_flow | aptx_flow:aptx_2stage_frozen |" in (tmp_path / "o" / "fig4.md").read_text()
+  with pytest.raises(SystemExit, match="variant name 'gr00t' is a head's own"):
+    fig4.main(["--results", f"gr00t={tmp_path / 'flow.jsonl'}", "--out", str(tmp_path / "o")])
