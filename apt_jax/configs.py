@@ -154,6 +154,9 @@ def paper_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optimizer.update(dict(weight_decay=1e-2, decay_all=False))
   c.ema_decay = None
   c.mesh.fsdp_devices = 8
+  # None: the stage's own (frozen in both APT stages), typed so that `--config.model.kwargs.vlm_trainable=True`
+  # (Table 2's "+ VLM fine-tuning") parses on the command line.
+  c.model.kwargs.vlm_trainable = ml_collections.FieldReference(None, field_type=bool)
   return c
 
 

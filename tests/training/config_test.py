@@ -40,6 +40,21 @@ def test_a_misspelt_key_in_an_experiment_file_is_an_error_naming_the_closest_key
   assert not (tmp_path / "workdir").exists()
 
 
+@pytest.mark.parametrize("experiment", ["pi0_apt_libero", "pi05_apt_libero", "gr00t_apt_libero", "apt_expert_libero"])
+def test_the_documented_vlm_tuning_flag_parses_for_every_apt_experiment(experiment):
+  # The experiments' docstrings (and the fits table's "Stage 2, VLM tuned" row) add this flag; it used to be a
+  # KeyError, as kwargs had no such key for config_flags to type.
+  from absl import flags
+  from ml_collections import config_flags
+  path = configs.REPO_ROOT / "experiments" / f"{experiment}.py"
+  argv = ["prog", f"--config={path}:stage2", "--config.model.kwargs.vlm_trainable=True"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)  # overrides are read from this argv
+  fv(argv)
+  assert configs.model_config(configs.finalize(fv.config)).vlm_trainable is True
+  assert configs.model_config(configs.finalize(configs.load(path, "stage2"))).vlm_trainable is False  # the default
+
+
 def test_a_block_replaced_whole_gets_the_defaults_of_base_config():
   c = debug_config("stage1")
   c.optimizer = dict(weight_decay=0.5)
