@@ -2,6 +2,9 @@
 rng, init and batches, end where each seed trained alone ends; the recipe-major `run` writes the rows of the
 seed-major one and, on a rerun, retrains only the seed whose checkpoint is gone."""
 
+import re
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -47,3 +50,36 @@ def test_seeds_of_different_configs_are_refused():
   other.batch_size = 4
   with pytest.raises(ValueError, match=r"config 's2' differs from 's1'"):
     vla.train_vla_seeds([_config(1), other], [None, None], log=lambda m: None)
+
+
+def _keys(rows):
+  return sorted((r["recipe"], r["seed"], r["flow_steps"], r["split"]) for r in rows)
+
+
+def test_recipe_major_run_writes_the_seed_major_rows_and_resumes_per_seed(tmp_path):
+  from apt_jax.testbed import experiment as E
+  from experiments import testbed_demo
+  cfg = testbed_demo.get_config("tiny")
+  cfg.update(arms=("shortcut",), seeds=(0, 1), recipes=("apt_frozen",))
+  cfg.size.update(vlm_width=16, expert_width=16, num_heads=2, num_kv_heads=2, head_dim=8, siglip_width=16)
+  cfg.eval.sweep_flow_steps = ()
+  E.run(cfg, tmp_path / "seed_major")
+  vmapped = cfg.copy_and_resolve_references()
+  vmapped.vla.vmap_seeds = True
+  vmapped.vlm.reuse_from = str(tmp_path / "seed_major")   # the same VLMs (and no VLM training here)
+  work = tmp_path / "vmapped"
+  E.run(vmapped, work)
+  rows = E.read_rows(work / "results.jsonl")
+  assert _keys(rows) == _keys(E.read_rows(tmp_path / "seed_major" / "results.jsonl"))
+  log = (work / "log.txt").read_text()
+  assert "(2 seeds vmapped)" in log and "stage1_pool/s0 .. stage1_pool/s1" in log
+
+  # Resume: seed 1's checkpoint and both seeds' rows gone -> seed 1 retrains alone, seed 0 is loaded and re-evaluated.
+  shutil.rmtree(work / "shortcut" / "apt_frozen" / "s1")
+  (work / "results.jsonl").write_text("")
+  n = len(log)
+  E.run(vmapped, work)
+  log = (work / "log.txt").read_text()[n:]
+  assert set(re.findall(r"\[([^\]]+)\] step ", log)) == {"shortcut/apt_frozen/s1"}   # not s0, nor the Stage 1s
+  assert "shortcut/apt_frozen s0: success" in log
+  assert _keys(E.read_rows(work / "results.jsonl")) == _keys(rows)
