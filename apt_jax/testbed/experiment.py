@@ -393,7 +393,7 @@ class SeedRun:
     self.vl = VlBatches(cfg, vlm["corpus"], vlm["tokenizer"], cfg.vla.batch_size)
     d = cfg.data
     self._pool = None
-    self._stage1 = {}
+    self.stage1_params = {}
     self.pool_size = d.pool_factor * d.episodes
 
   def pool_data(self, *, with_vl=False):
@@ -414,9 +414,9 @@ def stage1(runs: list[SeedRun], kind: str, task_frames=None, arm=None) -> list[d
   step_dir = lambda r: r.workdir / "stage1" / key / f"s{r.seed}" / "checkpoints" / str(cfg.vla.steps)
   todo = []
   for i, r in enumerate(runs):
-    if key not in r._stage1:
+    if key not in r.stage1_params:
       if (step_dir(r) / "params").exists():
-        r._stage1[key] = load_policy(step_dir(r))[1]
+        r.stage1_params[key] = load_policy(step_dir(r))[1]
       else:
         todo.append(i)
   if todo:
@@ -427,8 +427,8 @@ def stage1(runs: list[SeedRun], kind: str, task_frames=None, arm=None) -> list[d
                 npz=runs[i].vlm["npz"]) for i in todo]
     for i, (mc, params) in zip(todo, _train(cfg, jobs, steps=cfg.vla.steps, log=runs[0].log)):
       save_policy(step_dir(runs[i]), mc, params, runs[i].vlm["tokenizer_path"])
-      runs[i]._stage1[key] = params
-  return [r._stage1[key] for r in runs]
+      runs[i].stage1_params[key] = params
+  return [r.stage1_params[key] for r in runs]
 
 
 def train_recipe(runs: list[SeedRun], arm: str, name: str, task_frames: list) -> list[tuple]:

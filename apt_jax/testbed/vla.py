@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import time
 
 import jax
@@ -161,12 +162,11 @@ def train_vla_seeds(configs, datas, *, init_params=None, log=print, log_every: i
     raise ValueError(f"train_vla_seeds: {n} configs, {len(datas)} data iterators, {len(init_params)} init params")
   model_config, setup, step_fn, batch_spec = _compiled(configs[0], num_seeds=n)
   steps = configs[0].num_train_steps
-  rngs, states = [], []
+  abstract, rngs, states = setup.abstract_params(), [], []
   for c, p in zip(configs, init_params):
     if _compile_key(c) != _compile_key(configs[0]):
       raise ValueError(f"train_vla_seeds: config {c.name!r} differs from {configs[0].name!r} in more than seed, name "
                        "and weight_loader: its seed cannot share the vmapped step")
-    abstract = setup.abstract_params()
     partial = (model_config.stage2_partial_params(p, abstract)[0] if p is not None
                else train.load_initial_params(c, model_config, abstract))
     train_rng, init_rng = jax.random.split(jax.random.key(c.seed))
@@ -187,21 +187,26 @@ def train_vla_seeds(configs, datas, *, init_params=None, log=print, log_every: i
     state, metrics = step_fn(rng, state, next_batch())
     if i % log_every == 0 or i + 1 == steps:
       m = jax.device_get(metrics)
-      seed_m = [m] if n == 1 else [jax.tree.map(lambda x: x[j], m) for j in range(n)]
+      seed_m = [m] if n == 1 else _unstack(m, n)
       for c, ms, ls in zip(configs, seed_m, losses):
         if not np.isfinite(ms["loss"]):
           raise FloatingPointError(f"[{c.name}] non-finite loss {float(ms['loss'])} at step {i} (seed {c.seed})")
         ls.append((i, float(ms["loss"])))
       gates = {k: float(np.mean(v)) for k, v in m.items() if k.startswith("gate/")}
-      per_seed = "" if n == 1 else " (" + " ".join(f"s{c.seed} {ls[-1][1]:.4f}" for c, ls in zip(configs, losses)) + ")"
-      log(f"    [{label}] step {i + 1}/{steps} loss {float(np.mean(m['loss'])):.4f}{per_seed}"
+      each = "" if n == 1 else " (" + " ".join(f"s{c.seed} {ls[-1][1]:.4f}" for c, ls in zip(configs, losses)) + ")"
+      log(f"    [{label}] step {i + 1}/{steps} loss {float(np.mean(m['loss'])):.4f}{each}"
           + (f" (action {float(np.mean(m['action_loss'])):.4f}, vl {float(np.mean(m['vl_loss'])):.3f})"
              if "vl_loss" in m else "")
           + (f" gate {np.mean(list(gates.values())):.3f}" if gates else "") + f" ({time.time() - t0:.0f}s)")
   params = jax.device_get(_optimizer.combine(state.params, state.frozen))
   seconds = time.time() - t0
-  per_seed = [params] if n == 1 else [jax.tree.map(lambda x: x[j], params) for j in range(n)]
+  per_seed = [params] if n == 1 else _unstack(params, n)
   return [(p, {"losses": ls, "seconds": seconds, "model_config": model_config}) for p, ls in zip(per_seed, losses)]
+
+
+def _unstack(tree, n: int) -> list:
+  """A tree of [S, ...] leaves -> S trees."""
+  return [jax.tree.map(operator.itemgetter(j), tree) for j in range(n)]
 
 
 _COMPILED, _POLICIES = {}, {}

@@ -39,10 +39,18 @@ def test_two_seeds_together_end_as_each_seed_alone():
   for s, (params, info) in zip(seeds, together):
     alone, alone_info = vla.train_vla(_config(s), data(s), log=lambda m: None)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), params, alone)
-    np.testing.assert_allclose([l for _, l in info["losses"]], [l for _, l in alone_info["losses"]], rtol=1e-5)
+    np.testing.assert_allclose(np.array(info["losses"]), np.array(alone_info["losses"]), rtol=1e-5)
   # The two seeds really differ (so the comparison above can tell one seed's init, rng or batches from the other's).
   a, b = (jax.tree.leaves(p) for p, _ in together)
   assert any(not np.allclose(x, y) for x, y in zip(a, b))
+
+
+def test_a_non_finite_loss_names_its_seed():
+  bad = _frames(7)
+  bad["actions"][:] = np.nan
+  data = [vla.EpisodeData(_frames(3), 2, [3, 3]), vla.EpisodeData(bad, 2, [7, 3])]
+  with pytest.raises(FloatingPointError, match=r"\[s7\] non-finite loss nan at step 0 \(seed 7\)"):
+    vla.train_vla_seeds([_config(3), _config(7)], data, log=lambda m: None)
 
 
 def test_seeds_of_different_configs_are_refused():
