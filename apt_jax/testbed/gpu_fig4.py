@@ -7,12 +7,15 @@ so a run stopped at its time limit leaves the finished heads' results there.
 
 OUT receives results.jsonl (every head's episodes; rows carry `head`), log.txt, fig4.md, fig4.json and the plots.
 A seed whose VLM fails the probe gate is logged and dropped (from that head and the later ones), and the head reruns
-on the others (the gated VLMs and finished checkpoints are reused). --budget_s: no new head starts after it.
+on the others (the gated VLMs and finished checkpoints are reused). --budget_s: no new head starts after it; a
+SIGTERM (the script's hard time limit) still copies the rows finished so far into OUT.
 """
 
 import argparse
 import json
 import pathlib
+import signal
+import sys
 import time
 
 from apt_jax import experiment_files
@@ -58,30 +61,40 @@ def main(argv=None):
 
   seeds = list(cfgs["pi0"].seeds)
   note(f"heads {heads}, seeds {seeds}, budget {args.budget_s:.0f}s; work {work}")
-  for h in heads:
-    if time.time() - t0 > args.budget_s:
-      note(f"budget spent: {h} and later heads not started")
-      break
-    c = cfgs[h].copy_and_resolve_references()
-    if h != "pi0":
-      c.vlm.reuse_from = str(work / "pi0")
-    t = time.time()
-    while seeds:
-      c.seeds = tuple(seeds)
-      try:
-        experiment.run(c, work / h, command=f"apt_jax.testbed.gpu_fig4 head {h} seeds {seeds}")
+  def on_term(*_):
+    note("SIGTERM (the time limit): copying the rows finished so far into OUT")
+    sys.exit(143)
+
+  # With seeds vmapped a head's run is long: on the time limit's SIGTERM, unwind through `finally`, which copies the
+  # rows finished so far (experiment.run writes them per recipe and seed) into OUT.
+  previous = signal.signal(signal.SIGTERM, on_term)
+  try:
+    for h in heads:
+      if time.time() - t0 > args.budget_s:
+        note(f"budget spent: {h} and later heads not started")
         break
-      except probes.VlmGateError as e:
-        seeds.remove(e.seed)
-        note(f"{h}: seed {e.seed}'s VLM fails the gate, dropped from this and later heads: {str(e)[:300]}")
-    if not seeds:
-      note("no seed's VLM passes the gate: stopping")
-      break
-    note(f"{h}: done in {time.time() - t:.0f}s, seeds {seeds}")
-    fig4.write(collect(work, heads, out, log), out)
-  rows = collect(work, heads, out, log)
-  if rows:
-    fig4.write(rows, out)
+      c = cfgs[h].copy_and_resolve_references()
+      if h != "pi0":
+        c.vlm.reuse_from = str(work / "pi0")
+      t = time.time()
+      while seeds:
+        c.seeds = tuple(seeds)
+        try:
+          experiment.run(c, work / h, command=f"apt_jax.testbed.gpu_fig4 head {h} seeds {seeds}")
+          break
+        except probes.VlmGateError as e:
+          seeds.remove(e.seed)
+          note(f"{h}: seed {e.seed}'s VLM fails the gate, dropped from this and later heads: {str(e)[:300]}")
+      if not seeds:
+        note("no seed's VLM passes the gate: stopping")
+        break
+      note(f"{h}: done in {time.time() - t:.0f}s, seeds {seeds}")
+      fig4.write(collect(work, heads, out, log), out)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    rows = collect(work, heads, out, log)
+    if rows:
+      fig4.write(rows, out)
   note(f"finished: {len(rows)} episode rows in {out / 'results.jsonl'}")
 
 

@@ -1,13 +1,16 @@
 """The GPU script (experiments/testbed_gpu.sh) at the tiny size on CPU: every head's Fig. 4 recipes run end to
 end for both seeds together (seeds vmapped; Stage 1 -> Stage 2 saved), the heads on the π run's VLMs, the pooled rows
 and the Fig. 4 report in OUT; the saved APT-expert checkpoints load and re-evaluate to the same episodes. ~10 VLA
-compiles: tens of minutes on 2 cores, marked slow."""
+compiles: tens of minutes on 2 cores, marked slow. A SIGTERM (the script's time limit) mid-head still leaves the rows
+finished so far in OUT."""
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,3 +57,28 @@ def test_gpu_script_tiny(tmp_path):
   experiment.run(cfg, work / "apt_expert", command="re-evaluate")
   assert "step 1/" not in (work / "apt_expert" / "log.txt").read_text()[log_len:]
   assert experiment.read_rows(work / "apt_expert" / "results.jsonl") == before
+
+
+def test_sigterm_mid_head_copies_the_finished_rows_into_out(tmp_path, monkeypatch):
+  from apt_jax.testbed import experiment
+  from apt_jax.testbed import gpu_fig4
+  rows = [dict(head="pi0", arm="shortcut", recipe="pi0_joint", seed=s, split="seen", episode=0, flow_steps=10,
+               success=s == 0, grasp=False) for s in (0, 1)]
+
+  def run(cfg, workdir, command=""):   # the π run writes some rows, then the time limit strikes
+    workdir.mkdir(parents=True)
+    (workdir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if signal.getsignal(signal.SIGTERM) is handler:   # nothing would catch it: the signal would end pytest
+      pytest.fail("gpu_fig4 installs no SIGTERM handler")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    pytest.fail("SIGTERM did not stop the run")
+
+  monkeypatch.setattr(experiment, "run", run)
+  handler = signal.getsignal(signal.SIGTERM)
+  out = tmp_path / "out"
+  with pytest.raises(SystemExit):
+    gpu_fig4.main([str(out), "--tiny", "--work", str(tmp_path / "work")])
+  assert experiment.read_rows(out / "results.jsonl") == rows
+  assert "SIGTERM" in (out / "log.txt").read_text() and (out / "fig4.md").exists()
+  assert signal.getsignal(signal.SIGTERM) is handler
