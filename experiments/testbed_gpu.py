@@ -2,8 +2,9 @@ r"""Testbed v2 Fig. 4 on one GPU (experiments/testbed_gpu.sh): a larger VLM (wid
 widths (the same ratios between heads: docs/testbed_v2_heads/cost.json), 8 seeds, the shortcut arm, each head's
 joint and Stage 1 -> 2 recipes (frozen VLM and VLM tuned; the APT expert's preserving init), 2000 VLA steps. Arg:
 `<head>` or `<head>:tiny` (the CPU test's size, 2 seeds). Seeds are vmapped (vla.vmap_seeds): a recipe trains all
-its seeds as one step over stacked states, about one seed's wall time on a GPU that tiny models leave idle;
-apt_jax/testbed/gpu_fig4.py runs one head at a time and starts no head after its budget. Unmeasured on a GPU so far.
+its seeds as one step over stacked states, to fill a GPU that one tiny seed leaves idle (the VLMs still pretrain one
+seed at a time); apt_jax/testbed/gpu_fig4.py runs one head at a time and starts no head after its budget. Unmeasured
+on a GPU so far (on 2 CPU cores vmapped seeds are slower than seeds in turn: benchmarks/testbed_vmap_seeds.py).
 """
 
 from apt_jax.testbed import fig4

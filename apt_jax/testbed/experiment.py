@@ -126,8 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
                warmup=0.1, end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, point_weight=1.0, prefix_len=20,
                suffix_len=12, curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
                gate=dict(probe="image_tokens", object=0.75, container=0.75), attempts=3),
-      # vla.vmap_seeds: train a recipe's seeds together, one step vmapped over them (recipe-major `run`; a GPU's
-      # wall time of about one seed); False: seed-major, one seed at a time (the CPU protocol).
+      # vla.vmap_seeds: train a recipe's seeds together, one step vmapped over them (recipe-major `run`, for a GPU
+      # that one tiny seed leaves idle); False: seed-major, one seed at a time (the CPU protocol).
       vla=dict(steps=6000, batch_size=16, lr=2e-3, warmup=0.05, vl_cotrain_weight=1.0, vmap_seeds=False),
       eval=dict(episodes_per_split=40, max_steps=20, replan=4, flow_steps=10, sweep_flow_steps=(5, 20)),
       stats=dict(arm="shortcut", baseline="pi0_joint", recipes=("ki_2stage", "apt_vlm_ft"),

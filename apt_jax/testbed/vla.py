@@ -155,7 +155,8 @@ def train_vla_seeds(configs, datas, *, init_params=None, log=print, log_every: i
   """`train_vla` of several seeds at once: configs equal but for seed, name and weight loader (each seed's VLM npz),
   each seed with its own data iterator and init params (list, or None). Each seed's state is initialised as alone
   (its own rng, its own Stage 1 or npz init); with more than one seed they are stacked and trained by one step
-  vmapped over the seeds (about one seed's wall time on an idle accelerator). -> [(params, info)] per seed."""
+  vmapped over the seeds (for an accelerator that one tiny seed leaves idle; on CPU it is slower than seeds in turn:
+  benchmarks/testbed_vmap_seeds.py). -> [(params, info)] per seed."""
   n = len(configs)
   init_params = init_params or [None] * n
   if not len(datas) == len(init_params) == n:
