@@ -85,6 +85,11 @@ def fsdp_sharding(tree, mesh: Mesh, *, min_fsdp_mbytes: float = 4.0, log: bool =
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def with_leading_axis(sharding: NamedSharding) -> NamedSharding:
+  """The sharding of a stack of arrays each placed by `sharding`: a new, unsharded leading axis (e.g. seeds)."""
+  return NamedSharding(sharding.mesh, P(None, *sharding.spec))
+
+
 def activation_constraint(x, mesh: Mesh | None, *, batch_dim: int = 0):
   """Constrains an activation's batch dimension (`batch_dim`) to the data axes (no-op without a mesh)."""
   if mesh is None:

@@ -156,11 +156,15 @@ class Setup:
     """The jitted `init_state(rng, partial_params)`: created sharded, the partial params donated."""
     return jax.jit(functools.partial(init_state, self.ctx), out_shardings=self.state_shardings, donate_argnums=(1,))
 
-  def jit_train_step(self, *, donate: bool = True):
+  def jit_train_step(self, *, donate: bool = True, seeds: bool = False):
     """The jitted `train_step(rng, state, batch)`: fixed state shardings in and out (it compiles once), the input
-    state donated unless `donate=False` (callers that keep a reference to it)."""
-    return jax.jit(functools.partial(train_step, self.ctx), out_shardings=(self.state_shardings, None),
-                   donate_argnums=(1,) if donate else ())
+    state donated unless `donate=False` (callers that keep a reference to it). seeds=True: vmapped over a leading
+    seed axis of rng [S], state and batch (stacked per-seed states [S, ...], each seed's params placed as one
+    seed's); the metrics then carry the seed axis too."""
+    step, shardings = functools.partial(train_step, self.ctx), self.state_shardings
+    if seeds:
+      step, shardings = jax.vmap(step), jax.tree.map(_sharding.with_leading_axis, shardings)
+    return jax.jit(step, out_shardings=(shardings, None), donate_argnums=(1,) if donate else ())
 
   def abstract_params(self) -> dict:
     return _optimizer.combine(self.abstract_state.params, self.abstract_state.frozen)

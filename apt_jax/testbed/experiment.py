@@ -6,7 +6,8 @@ checkpoints of every recipe in the standard layout, the pre-registered statistic
     experiment.run(config, "out/demo")          # config: experiments/testbed_demo.py or testbed_full.py
 
 Outputs are written as they are produced; a rerun in the same workdir skips what is done (VLMs, Stage 1s, recipe
--seeds whose rows are in results.jsonl) and evaluates saved checkpoints that have no rows yet.
+-seeds whose rows are in results.jsonl) and evaluates saved checkpoints that have no rows yet. With
+`vla.vmap_seeds` the run is recipe-major: every seed's VLM, then each recipe's seeds trained together (vmapped).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import pathlib
 import shutil
 import time
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -124,7 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
                warmup=0.1, end_lr_fraction=0.05, b2=0.95, clip=1.0, blend=0.1, point_weight=1.0, prefix_len=20,
                suffix_len=12, curriculum=corpus.CURRICULUM, probe_train_scenes=400, probe_eval_scenes=100,
                gate=dict(probe="image_tokens", object=0.75, container=0.75), attempts=3),
-      vla=dict(steps=6000, batch_size=16, lr=2e-3, warmup=0.05, vl_cotrain_weight=1.0),
+      # vla.vmap_seeds: train a recipe's seeds together, one step vmapped over them (recipe-major `run`, for a GPU
+      # that one tiny seed leaves idle); False: seed-major, one seed at a time (the CPU protocol).
+      vla=dict(steps=6000, batch_size=16, lr=2e-3, warmup=0.05, vl_cotrain_weight=1.0, vmap_seeds=False),
       eval=dict(episodes_per_split=40, max_steps=20, replan=4, flow_steps=10, sweep_flow_steps=(5, 20)),
       stats=dict(arm="shortcut", baseline="pi0_joint", recipes=("ki_2stage", "apt_vlm_ft"),
                  splits=("paraphrase", "unseen_object"), level=0.95, margin=0.10),
@@ -332,16 +336,40 @@ def pretrain_vlm(cfg, seed: int, workdir: pathlib.Path, log) -> dict:
 # --- VLA recipes --------------------------------------------------------------------------------------------------
 
 
-def _train(cfg, name, kw, data, *, seed, steps, npz="", init_params=None, cotrain=False, log):
-  """-> (model config, params) after `steps` steps of the config's VLA schedule (batches with a VL co-training
-  sub-batch when `cotrain`)."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One seed's VLA run: its log name, seed, model kwargs, batches, and init (`npz`: the VLM's PaliGemma npz;
+  `init_params`: Stage 1 params, the Stage 2 init)."""
+
+  name: str
+  seed: int
+  kw: dict
+  data: Any
+  npz: str = ""
+  init_params: dict | None = None
+
+
+def _train(cfg, jobs: list[Job], *, steps, cotrain=False, log) -> list[tuple]:
+  """-> [(model config, params)] per job after `steps` steps of the config's VLA schedule (batches with a VL
+  co-training sub-batch when `cotrain`). Jobs of one model config train together (seeds vmapped when several)."""
   v = cfg.vla
-  tc = vla.train_config(kw, steps=steps, batch_size=v.batch_size, lr=v.lr, seed=seed, npz_path=npz, name=name,
-                        warmup=v.warmup, vl_cotrain_weight=v.vl_cotrain_weight,
-                        vl_text_len=cfg.vlm.prefix_len + cfg.vlm.suffix_len if cotrain else 0)
-  tc.model.head = cfg.head
-  params, info = vla.train_vla(tc, data, init_params=init_params, log=log, log_every=max(1, steps // 6))
-  return info["model_config"], params
+  groups = {}
+  for i, job in enumerate(jobs):
+    groups.setdefault(json.dumps(job.kw, sort_keys=True, default=str), []).append(i)
+  out = [None] * len(jobs)
+  for idx in groups.values():
+    tcs = []
+    for job in (jobs[i] for i in idx):
+      tc = vla.train_config(job.kw, steps=steps, batch_size=v.batch_size, lr=v.lr, seed=job.seed, npz_path=job.npz,
+                            name=job.name, warmup=v.warmup, vl_cotrain_weight=v.vl_cotrain_weight,
+                            vl_text_len=cfg.vlm.prefix_len + cfg.vlm.suffix_len if cotrain else 0)
+      tc.model.head = cfg.head
+      tcs.append(tc)
+    res = vla.train_vla_seeds(tcs, [jobs[i].data for i in idx], init_params=[jobs[i].init_params for i in idx],
+                              log=log, log_every=max(1, steps // 6))
+    for i, (params, info) in zip(idx, res):
+      out[i] = (info["model_config"], params)
+  return out
 
 
 def save_policy(step_dir: pathlib.Path, mc, params, tokenizer_path: str) -> None:
@@ -358,14 +386,14 @@ def load_policy(step_dir: pathlib.Path):
 
 
 class SeedRun:
-  """Everything one seed trains: its VLM, the shared pool Stage 1, and each arm's recipes."""
+  """One seed's training inputs: its VLM, the pool (language-free Stage 1 data) and its Stage 1 params."""
 
   def __init__(self, cfg, seed, workdir, vlm, log):
     self.cfg, self.seed, self.workdir, self.vlm, self.log = cfg, seed, workdir, vlm, log
     self.vl = VlBatches(cfg, vlm["corpus"], vlm["tokenizer"], cfg.vla.batch_size)
     d = cfg.data
     self._pool = None
-    self._stage1 = {}
+    self.stage1_params = {}
     self.pool_size = d.pool_factor * d.episodes
 
   def pool_data(self, *, with_vl=False):
@@ -377,38 +405,62 @@ class SeedRun:
                f"success {self._pool['expert_success']:.3f}")
     return vla.EpisodeData(self._pool, self.cfg.vla.batch_size, [self.seed, 1], vl=self.vl if with_vl else None)
 
-  def stage1(self, kind: str, task_frames=None, arm=None):
-    """Stage 1 params: "pool" (shared by every recipe and arm of the seed) or "task" (per arm); saved under the
-    workdir and reused on a rerun."""
-    key = "pool" if kind == "pool" else f"task_{arm}"
-    if key not in self._stage1:
-      step_dir = self.workdir / "stage1" / key / f"s{self.seed}" / "checkpoints" / str(self.cfg.vla.steps)
-      if (step_dir / "params").exists():
-        self._stage1[key] = load_policy(step_dir)[1]
-      else:
-        data = self.pool_data() if kind == "pool" else vla.EpisodeData(task_frames, self.cfg.vla.batch_size,
-                                                                        [self.seed, 2])
-        mc, params = _train(self.cfg, f"stage1_{key}/s{self.seed}", model_kw(self.cfg, self.vlm["vocab"],
-                            apt_stage="stage1"), data, seed=self.seed, steps=self.cfg.vla.steps, npz=self.vlm["npz"],
-                            log=self.log)
-        save_policy(step_dir, mc, params, self.vlm["tokenizer_path"])
-        self._stage1[key] = params
-    return self._stage1[key]
 
-  def train_recipe(self, arm: str, name: str, task_frames):
-    r, cfg = RECIPES[name], self.cfg
-    n = cfg.vla.steps
-    vl = self.vl if r.cotrain else None
-    task = vla.EpisodeData(task_frames, cfg.vla.batch_size, [self.seed, 3], vl=vl)
-    kw = model_kw(cfg, self.vlm["vocab"], apt_stage="stage2" if r.fusion else "none", recipe=r)
-    init = self.stage1(r.stage1, task_frames, arm) if r.stage1 else None
-    label = f"{arm}/{name}/s{self.seed}"
+def stage1(runs: list[SeedRun], kind: str, task_frames=None, arm=None) -> list[dict]:
+  """Each seed's Stage 1 params: "pool" (shared by every recipe and arm of the seed) or "task" (per arm; task_frames
+  per seed); saved under the workdir and reused on a rerun, the missing ones trained together."""
+  key = "pool" if kind == "pool" else f"task_{arm}"
+  cfg = runs[0].cfg
+  step_dir = lambda r: r.workdir / "stage1" / key / f"s{r.seed}" / "checkpoints" / str(cfg.vla.steps)
+  todo = []
+  for i, r in enumerate(runs):
+    if key not in r.stage1_params:
+      if (step_dir(r) / "params").exists():
+        r.stage1_params[key] = load_policy(step_dir(r))[1]
+      else:
+        todo.append(i)
+  if todo:
+    jobs = [Job(f"stage1_{key}/s{runs[i].seed}", runs[i].seed,
+                model_kw(cfg, runs[i].vlm["vocab"], apt_stage="stage1"),
+                runs[i].pool_data() if kind == "pool" else vla.EpisodeData(task_frames[i], cfg.vla.batch_size,
+                                                                           [runs[i].seed, 2]),
+                npz=runs[i].vlm["npz"]) for i in todo]
+    for i, (mc, params) in zip(todo, _train(cfg, jobs, steps=cfg.vla.steps, log=runs[0].log)):
+      save_policy(step_dir(runs[i]), mc, params, runs[i].vlm["tokenizer_path"])
+      runs[i].stage1_params[key] = params
+  return [r.stage1_params[key] for r in runs]
+
+
+def train_recipe(runs: list[SeedRun], arm: str, name: str, task_frames: list) -> list[tuple]:
+  """Recipe `name` on `arm` for each seed (task_frames per seed), the seeds together. -> [(model config, params)]."""
+  r, cfg = RECIPES[name], runs[0].cfg
+  n = cfg.vla.steps
+  inits = stage1(runs, r.stage1, task_frames, arm) if r.stage1 else [None] * len(runs)
+  jobs = []
+  for run_, frames, init in zip(runs, task_frames, inits):
+    task = vla.EpisodeData(frames, cfg.vla.batch_size, [run_.seed, 3], vl=run_.vl if r.cotrain else None)
+    kw = model_kw(cfg, run_.vlm["vocab"], apt_stage="stage2" if r.fusion else "none", recipe=r)
+    label = f"{arm}/{name}/s{run_.seed}"
     if r.pool_first:
-      data = vla.Concat(((self.pool_data(with_vl=r.cotrain), n), (task, n)))
-      return _train(cfg, label, kw, data, seed=self.seed, steps=2 * n, npz=self.vlm["npz"], cotrain=r.cotrain,
-                    log=self.log)
-    return _train(cfg, label, kw, task, seed=self.seed, steps=n, npz="" if init else self.vlm["npz"],
-                  init_params=init, cotrain=r.cotrain, log=self.log)
+      jobs.append(Job(label, run_.seed, kw, vla.Concat(((run_.pool_data(with_vl=r.cotrain), n), (task, n))),
+                      npz=run_.vlm["npz"]))
+    else:
+      jobs.append(Job(label, run_.seed, kw, task, npz="" if init else run_.vlm["npz"], init_params=init))
+  return _train(cfg, jobs, steps=2 * n if r.pool_first else n, cotrain=r.cotrain, log=runs[0].log)
+
+
+def train_or_load(runs: list[SeedRun], arm: str, name: str, task_frames: list) -> list[tuple]:
+  """Each seed's saved checkpoint of recipe `name` on `arm`; the seeds without one are trained (together) and saved.
+  -> [(model config, params)] per seed."""
+  step_dirs = [r.workdir / arm / name / f"s{r.seed}" / "checkpoints" / str(r.cfg.vla.steps) for r in runs]
+  out = [load_policy(d) if (d / "params").exists() else None for d in step_dirs]
+  todo = [i for i, x in enumerate(out) if x is None]
+  if todo:
+    trained = train_recipe([runs[i] for i in todo], arm, name, [task_frames[i] for i in todo])
+    for i, (mc, params) in zip(todo, trained):
+      save_policy(step_dirs[i], mc, params, runs[i].vlm["tokenizer_path"])
+      out[i] = (mc, params)
+  return out
 
 
 def evaluate(cfg, mc, params, sets: dict, *, seed: int, flow_steps: int) -> dict:
@@ -461,6 +513,18 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 # --- Main ---------------------------------------------------------------------------------------------------------
 
 
+def _arm_data(cfg, arm, run_: SeedRun, rows_path, log) -> tuple:
+  """-> ({(recipe, flow_steps)} with rows already in results.jsonl, the demos' frames, the eval sets) of one seed."""
+  seed, tok = run_.seed, run_.vlm["tokenizer"]
+  done = {(r["recipe"], r["flow_steps"]) for r in read_rows(rows_path) if (r["arm"], r["seed"]) == (arm, seed)}
+  train = L.training_episodes(arm, cfg.data.episodes, seed)
+  frames = episode_frames(cfg, train, tok, seed=seed, render=True)
+  sets = eval_sets(cfg, arm, seed, train, tok)
+  log(f"{arm} s{seed}: {len(train)} demos ({len(frames['state'])} frames), expert success "
+      f"{frames['expert_success']:.3f}, e.g. {train.instructions[:2]}")
+  return done, frames, sets
+
+
 def run(cfg: ml_collections.ConfigDict, workdir, *, command: str = "") -> dict:
   """Runs (or resumes) the protocol in `workdir`; returns the summary written to results.json."""
   workdir = pathlib.Path(workdir).absolute()
@@ -475,41 +539,43 @@ def run(cfg: ml_collections.ConfigDict, workdir, *, command: str = "") -> dict:
   (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
   rows_path = workdir / "results.jsonl"
   t_start, timings = time.time(), {}
-  log(f"testbed v2: arms {list(cfg.arms)}, seeds {list(cfg.seeds)}, recipes {list(cfg.recipes)}; {command}")
-  for seed in cfg.seeds:
-    t = time.time()
-    vlm = pretrain_vlm(cfg, seed, workdir, log)   # raises VlmGateError: no comparison on a VLM that fails
-    timings[f"vlm_s{seed}"] = round(time.time() - t, 1)
-    run_seed = SeedRun(cfg, seed, workdir, vlm, log)
+  log(f"testbed v2: arms {list(cfg.arms)}, seeds {list(cfg.seeds)}, recipes {list(cfg.recipes)}"
+      + (" (seeds vmapped)" if cfg.vla.vmap_seeds else "") + f"; {command}")
+  # Seed-major (each seed's VLM, then its recipes), or with vmap_seeds recipe-major: every seed's VLM first, then
+  # each recipe trains all seeds that lack its checkpoint together, as one vmapped step.
+  for seeds in [cfg.seeds] if cfg.vla.vmap_seeds else [(s,) for s in cfg.seeds]:
+    runs = []
+    for seed in seeds:
+      t = time.time()
+      try:
+        vlm = pretrain_vlm(cfg, seed, workdir, log)   # raises VlmGateError: no comparison on a VLM that fails
+      except probes.VlmGateError as e:
+        e.seed = seed   # which seed: a caller running several together (gpu_fig4) drops it and runs the rest
+        raise
+      timings[f"vlm_s{seed}"] = round(time.time() - t, 1)
+      runs.append(SeedRun(cfg, seed, workdir, vlm, log))
     for arm in cfg.arms:
-      done = {(r["recipe"], r["flow_steps"]) for r in read_rows(rows_path) if (r["arm"], r["seed"]) == (arm, seed)}
-      train = L.training_episodes(arm, cfg.data.episodes, seed)
-      frames = episode_frames(cfg, train, vlm["tokenizer"], seed=seed, render=True)
-      sets = eval_sets(cfg, arm, seed, train, vlm["tokenizer"])
-      log(f"{arm} s{seed}: {len(train)} demos ({len(frames['state'])} frames), expert success "
-          f"{frames['expert_success']:.3f}, e.g. {train.instructions[:2]}")
+      arm_data = [_arm_data(cfg, arm, r, rows_path, log) for r in runs]
+      flow = (cfg.eval.flow_steps, *cfg.eval.sweep_flow_steps)
       for name in cfg.recipes:
-        flow = (cfg.eval.flow_steps, *cfg.eval.sweep_flow_steps)
-        if all((name, f) in done for f in flow):
+        todo = [i for i, (done, _, _) in enumerate(arm_data) if not all((name, f) in done for f in flow)]
+        if not todo:
           continue
         t = time.time()
-        step_dir = workdir / arm / name / f"s{seed}" / "checkpoints" / str(cfg.vla.steps)
-        if (step_dir / "params").exists():
-          mc, params = load_policy(step_dir)
-        else:
-          mc, params = run_seed.train_recipe(arm, name, frames)
-          save_policy(step_dir, mc, params, vlm["tokenizer_path"])
-        t_train = time.time() - t
-        for f in flow:
-          if (name, f) in done:
-            continue
-          res = evaluate(cfg, mc, params, sets, seed=seed, flow_steps=f)
-          with open(rows_path, "a") as fh:
-            fh.writelines(json.dumps(row) + "\n" for row in episode_rows(cfg.head, arm, name, seed, f, res, sets))
-          if f == cfg.eval.flow_steps:
-            log(f"  {arm}/{name} s{seed}: success " + " ".join(f"{s} {np.mean(x[0]):.2f}" for s, x in res.items())
-                + " | grasp " + " ".join(f"{s} {np.mean(x[1]):.2f}" for s, x in res.items()))
-        timings[f"{arm}/{name}/s{seed}"] = dict(train_s=round(t_train, 1), total_s=round(time.time() - t, 1))
+        policies = train_or_load([runs[i] for i in todo], arm, name, [arm_data[i][1] for i in todo])
+        t_train = time.time() - t   # with seeds vmapped, the time of all of them together
+        for i, (mc, params) in zip(todo, policies):
+          seed, (done, _, sets) = runs[i].seed, arm_data[i]
+          for f in flow:
+            if (name, f) in done:
+              continue
+            res = evaluate(cfg, mc, params, sets, seed=seed, flow_steps=f)
+            with open(rows_path, "a") as fh:
+              fh.writelines(json.dumps(row) + "\n" for row in episode_rows(cfg.head, arm, name, seed, f, res, sets))
+            if f == cfg.eval.flow_steps:
+              log(f"  {arm}/{name} s{seed}: success " + " ".join(f"{s} {np.mean(x[0]):.2f}" for s, x in res.items())
+                  + " | grasp " + " ".join(f"{s} {np.mean(x[1]):.2f}" for s, x in res.items()))
+          timings[f"{arm}/{name}/s{seed}"] = dict(train_s=round(t_train, 1), total_s=round(time.time() - t, 1))
   timings["total_s"] = round(time.time() - t_start, 1)
   summary = report.write(workdir, cfg, read_rows(rows_path), labels={r: RECIPES[r].label for r in cfg.recipes},
                          timings=timings, command=command)

@@ -1,16 +1,21 @@
-"""Fig. 4 on one GPU (experiments/testbed_gpu.py): for each seed, the π-style head (which trains and gates the seed's
-VLM), then the GR00T-style and APT-expert heads on that VLM; after every (seed, head) the pooled per-episode rows,
-the logs and the Fig. 4 report are copied into OUT, so a run stopped at its time limit leaves its results there.
+"""Fig. 4 on one GPU (experiments/testbed_gpu.py): each head once over all its seeds, trained together (seeds
+vmapped): first the π-style head, whose run trains and gates every seed's VLM, then the GR00T-style and APT-expert
+heads on those VLMs; after every head the pooled per-episode rows, the logs and the Fig. 4 report are copied into OUT,
+so a run stopped at its time limit leaves the finished heads' results there.
 
   experiments/testbed_gpu.sh OUT [--tiny] [--work /tmp/gpu_fig4] [--budget_s 480]   # runs this module
 
 OUT receives results.jsonl (every head's episodes; rows carry `head`), log.txt, fig4.md, fig4.json and the plots.
-A seed whose VLM fails the probe gate is logged and skipped. --budget_s: no new (seed, head) run starts after it.
+A seed whose VLM fails the probe gate is logged and dropped (from that head and the later ones), and the head reruns
+on the others (the gated VLMs and finished checkpoints are reused). --budget_s: no new head starts after it; a
+SIGTERM (the script's hard time limit) still copies the rows finished so far into OUT.
 """
 
 import argparse
 import json
 import pathlib
+import signal
+import sys
 import time
 
 from apt_jax import experiment_files
@@ -54,31 +59,42 @@ def main(argv=None):
     log.append(f"[{time.time() - t0:6.0f}s] {msg}")
     print(log[-1], flush=True)
 
-  note(f"heads {heads}, seeds {list(cfgs['pi0'].seeds)}, budget {args.budget_s:.0f}s; work {work}")
-  stop = False
-  for seed in cfgs["pi0"].seeds:
+  seeds = list(cfgs["pi0"].seeds)
+  note(f"heads {heads}, seeds {seeds}, budget {args.budget_s:.0f}s; work {work}")
+  def on_term(*_):
+    note("SIGTERM (the time limit): copying the rows finished so far into OUT")
+    sys.exit(143)
+
+  # With seeds vmapped a head's run is long: on the time limit's SIGTERM, unwind through `finally`, which copies the
+  # rows finished so far (experiment.run writes them per recipe and seed) into OUT.
+  previous = signal.signal(signal.SIGTERM, on_term)
+  try:
     for h in heads:
-      stop = time.time() - t0 > args.budget_s
-      if stop:
-        note(f"budget spent: seed {seed} {h} and later not started")
+      if time.time() - t0 > args.budget_s:
+        note(f"budget spent: {h} and later heads not started")
         break
       c = cfgs[h].copy_and_resolve_references()
-      c.seeds = (seed,)
       if h != "pi0":
         c.vlm.reuse_from = str(work / "pi0")
       t = time.time()
-      try:
-        experiment.run(c, work / h, command=f"apt_jax.testbed.gpu_fig4 seed {seed} head {h}")
-      except probes.VlmGateError as e:
-        note(f"seed {seed} {h}: VLM gate failed, the seed's other heads skipped: {str(e)[:300]}")
+      while seeds:
+        c.seeds = tuple(seeds)
+        try:
+          experiment.run(c, work / h, command=f"apt_jax.testbed.gpu_fig4 head {h} seeds {seeds}")
+          break
+        except probes.VlmGateError as e:
+          seeds.remove(e.seed)
+          note(f"{h}: seed {e.seed}'s VLM fails the gate, dropped from this and later heads: {str(e)[:300]}")
+      if not seeds:
+        note("no seed's VLM passes the gate: stopping")
         break
-      note(f"seed {seed} {h}: done in {time.time() - t:.0f}s")
+      note(f"{h}: done in {time.time() - t:.0f}s, seeds {seeds}")
       fig4.write(collect(work, heads, out, log), out)
-    if stop:
-      break
-  rows = collect(work, heads, out, log)
-  if rows:
-    fig4.write(rows, out)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    rows = collect(work, heads, out, log)
+    if rows:
+      fig4.write(rows, out)
   note(f"finished: {len(rows)} episode rows in {out / 'results.jsonl'}")
 
 

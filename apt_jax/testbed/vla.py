@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -146,45 +148,92 @@ def make_batch(image, state, tokens, mask, actions=None) -> dict:
 def train_vla(config, data, *, init_params: dict | None = None, log=print, log_every: int = 500) -> tuple[dict, dict]:
   """Trains `config.num_train_steps` steps on `data`. init_params: Stage 1 params (-> Stage 2 init via the model's
   stage2_partial_params); otherwise `train.load_initial_params` (the PaliGemma npz loader). -> (params, info)."""
-  model_config, setup, step_fn, batch_spec = _compiled(config)
-  abstract = setup.abstract_params()
-  if init_params is not None:
-    partial, _, _ = model_config.stage2_partial_params(init_params, abstract)
+  return train_vla_seeds([config], [data], init_params=[init_params], log=log, log_every=log_every)[0]
+
+
+def train_vla_seeds(configs, datas, *, init_params=None, log=print, log_every: int = 500) -> list[tuple[dict, dict]]:
+  """`train_vla` of several seeds at once: configs equal but for seed, name and weight loader (each seed's VLM npz),
+  each seed with its own data iterator and init params (list, or None). Each seed's state is initialised as alone
+  (its own rng, its own Stage 1 or npz init); with more than one seed they are stacked and trained by one step
+  vmapped over the seeds (for an accelerator that one tiny seed leaves idle; on CPU it is slower than seeds in turn:
+  benchmarks/testbed_vmap_seeds.py). -> [(params, info)] per seed."""
+  n = len(configs)
+  init_params = init_params or [None] * n
+  if not len(datas) == len(init_params) == n:
+    raise ValueError(f"train_vla_seeds: {n} configs, {len(datas)} data iterators, {len(init_params)} init params")
+  model_config, setup, step_fn, batch_spec = _compiled(configs[0], num_seeds=n)
+  steps = configs[0].num_train_steps
+  abstract, rngs, states = setup.abstract_params(), [], []
+  for c, p in zip(configs, init_params):
+    if _compile_key(c) != _compile_key(configs[0]):
+      raise ValueError(f"train_vla_seeds: config {c.name!r} differs from {configs[0].name!r} in more than seed, name "
+                       "and weight_loader: its seed cannot share the vmapped step")
+    partial = (model_config.stage2_partial_params(p, abstract)[0] if p is not None
+               else train.load_initial_params(c, model_config, abstract))
+    train_rng, init_rng = jax.random.split(jax.random.key(c.seed))
+    rngs.append(train_rng)
+    states.append(train.init_train_state(setup, init_rng, partial))
+  if n == 1:
+    (rng,), (state,) = rngs, states
+    next_batch = lambda: _batch.to_global_batch(next(datas[0]), batch_spec)
   else:
-    partial = train.load_initial_params(config, model_config, abstract)
-  train_rng, init_rng = jax.random.split(jax.random.key(config.seed))
-  state = train.init_train_state(setup, init_rng, partial)
-  t0, losses = time.time(), []
-  for i in range(config.num_train_steps):
-    state, metrics = step_fn(train_rng, state, _batch.to_global_batch(next(data), batch_spec))
-    if i % log_every == 0 or i + 1 == config.num_train_steps:
+    rng, state = jnp.stack(rngs), jax.tree.map(lambda *x: jnp.stack(x), *states)
+    state = jax.device_put(state, jax.tree.map(_sharding.with_leading_axis, setup.state_shardings))
+    next_batch = lambda: _batch.to_global_batch(jax.tree.map(lambda *x: np.stack(x), *(next(d) for d in datas)),
+                                                batch_spec)
+  del states   # the single state is donated to the first step; stacked, the per-seed copies are dropped
+  label = configs[0].name if n == 1 else f"{configs[0].name} .. {configs[-1].name} ({n} seeds vmapped)"
+  t0, losses = time.time(), [[] for _ in configs]
+  for i in range(steps):
+    state, metrics = step_fn(rng, state, next_batch())
+    if i % log_every == 0 or i + 1 == steps:
       m = jax.device_get(metrics)
-      if not np.isfinite(m["loss"]):
-        raise FloatingPointError(f"[{config.name}] non-finite loss {float(m['loss'])} at step {i}")
-      losses.append((i, float(m["loss"])))
-      gates = {k: float(v) for k, v in m.items() if k.startswith("gate/")}
-      log(f"    [{config.name}] step {i + 1}/{config.num_train_steps} loss {float(m['loss']):.4f}"
-          + (f" (action {float(m['action_loss']):.4f}, vl {float(m['vl_loss']):.3f})" if "vl_loss" in m else "")
+      seed_m = [m] if n == 1 else _unstack(m, n)
+      for c, ms, ls in zip(configs, seed_m, losses):
+        if not np.isfinite(ms["loss"]):
+          raise FloatingPointError(f"[{c.name}] non-finite loss {float(ms['loss'])} at step {i} (seed {c.seed})")
+        ls.append((i, float(ms["loss"])))
+      gates = {k: float(np.mean(v)) for k, v in m.items() if k.startswith("gate/")}
+      each = "" if n == 1 else " (" + " ".join(f"s{c.seed} {ls[-1][1]:.4f}" for c, ls in zip(configs, losses)) + ")"
+      log(f"    [{label}] step {i + 1}/{steps} loss {float(np.mean(m['loss'])):.4f}{each}"
+          + (f" (action {float(np.mean(m['action_loss'])):.4f}, vl {float(np.mean(m['vl_loss'])):.3f})"
+             if "vl_loss" in m else "")
           + (f" gate {np.mean(list(gates.values())):.3f}" if gates else "") + f" ({time.time() - t0:.0f}s)")
   params = jax.device_get(_optimizer.combine(state.params, state.frozen))
-  return params, {"losses": losses, "seconds": time.time() - t0, "model_config": model_config}
+  seconds = time.time() - t0
+  per_seed = [params] if n == 1 else _unstack(params, n)
+  return [(p, {"losses": ls, "seconds": seconds, "model_config": model_config}) for p, ls in zip(per_seed, losses)]
+
+
+def _unstack(tree, n: int) -> list:
+  """A tree of [S, ...] leaves -> S trees."""
+  return [jax.tree.map(operator.itemgetter(j), tree) for j in range(n)]
 
 
 _COMPILED, _POLICIES = {}, {}
 
 
-def _compiled(config):
+def _compile_key(config) -> str:
+  """The config without what differs between seeds of a recipe (they share its compiled step)."""
+  return json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "name", "weight_loader")},
+                    sort_keys=True, default=str)
+
+
+def _compiled(config, num_seeds: int = 1):
   """(model_config, setup, jitted train_step, batch spec) shared by runs that differ only in seed/name, so each
-  recipe compiles once however many seeds run. config.vl_text_len > 0: batches carry a VL co-training sub-batch."""
-  key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("seed", "name", "weight_loader")},
-                   sort_keys=True, default=str)
+  recipe compiles once however many seeds run; num_seeds > 1: the step vmapped over that many stacked seeds and the
+  batch spec with their axis. config.vl_text_len > 0: batches carry a VL co-training sub-batch."""
+  key = (_compile_key(config), num_seeds)
   if key not in _COMPILED:
     model_config = configs.model_config(config)
     mesh = _sharding.make_mesh(1, devices=jax.devices()[:1])
     setup = train.make_setup(config, model_config, mesh)
     spec = _batch.abstract_batch(model_config, config.batch_size, _sharding.data_sharding(mesh),
                                  vl_text_len=config.get("vl_text_len", 0))
-    _COMPILED[key] = (model_config, setup, setup.jit_train_step(), spec)
+    if num_seeds > 1:
+      spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_seeds, *x.shape), x.dtype,
+                                                         sharding=_sharding.with_leading_axis(x.sharding)), spec)
+    _COMPILED[key] = (model_config, setup, setup.jit_train_step(seeds=num_seeds > 1), spec)
   return _COMPILED[key]
 
 

@@ -25,10 +25,11 @@ def run(tmp_path_factory):
   tok = _tokenizer.PaligemmaTokenizer(tok_path, max_len=cfg.size.max_token_len)
   calls = []
 
-  def fake_train(cfg_, name, kw, data, *, seed, steps, npz="", init_params=None, cotrain=False, log):
-    calls.append(dict(name=name, stage=kw["apt_stage"], ki=kw["knowledge_insulation"], steps=steps, data=data,
-                      cotrain=cotrain, init=init_params, npz=npz, batch=next(data)))
-    return None, {"trained": name}
+  def fake_train(cfg_, jobs, *, steps, cotrain=False, log):
+    for j in jobs:
+      calls.append(dict(name=j.name, stage=j.kw["apt_stage"], ki=j.kw["knowledge_insulation"], steps=steps,
+                        data=j.data, cotrain=cotrain, init=j.init_params, npz=j.npz, batch=next(j.data)))
+    return [(None, {"trained": j.name}) for j in jobs]
 
   vlm = dict(npz="vlm.npz", tokenizer=tok, tokenizer_path=tok_path, vocab=256, corpus=vlm_corpus)
   seed_run = E.SeedRun(cfg, 1, tmp, vlm, log=lambda *a: None)
@@ -41,7 +42,7 @@ def run(tmp_path_factory):
       frames = E.episode_frames(cfg, train, tok, seed=1, render=True)
       for name in E.recipes_of("pi0"):
         n0 = len(calls)
-        seed_run.train_recipe(arm, name, frames)
+        E.train_recipe([seed_run], arm, name, [frames])
         out[arm, name] = calls[n0:]
   return cfg, tok, seed_run, out
 
