@@ -72,17 +72,22 @@ def openloop(workdirs, *, split: str = "seen", recipes=None, episodes: int | Non
       tok = [tokenizer.tokenize(s) for s in eps.instructions]
       err = action_error(vla.make_policy(mc, params, flow_steps=cfg["eval"]["flow_steps"]), eps.state,
                          np.stack([t for t, _ in tok]), np.stack([m for _, m in tok]), seed=seed)
-      row = dict(head=cfg.get("head", "pi0"), arm=arm, recipe=recipe, seed=seed, split=split,
+      row = dict(head=cfg.get("head", "pi0"), objective=mc.objective, arm=arm, recipe=recipe, seed=seed, split=split,
                  flow_steps=cfg["eval"]["flow_steps"], **{k: float(v.mean()) for k, v in err.items()})
       rows.append(row)
       log(f"  {arm}/{recipe} s{seed}: move L1 {row['move']:.3f} (zero action {row['zero']:.3f}), "
           f"gripper sign {row['grip']:.2f}")
+  return dict(split=split, rows=rows, table=table_of(rows))
+
+
+def table_of(rows) -> dict:
+  """{"head[objective]/arm/recipe": mean over seeds of move, grip, zero; number of seeds}."""
+  name = lambda r: f"{r['head']}[{r['objective']}]/{r['arm']}/{r['recipe']}"
   table = {}
-  for key in dict.fromkeys((r["head"], r["arm"], r["recipe"]) for r in rows):
-    rs = [r for r in rows if (r["head"], r["arm"], r["recipe"]) == key]
-    table["/".join(key)] = {k: float(np.mean([r[k] for r in rs])) for k in ("move", "grip", "zero")} | dict(
-        seeds=len(rs))
-  return dict(split=split, rows=rows, table=table)
+  for key in dict.fromkeys(map(name, rows)):
+    rs = [r for r in rows if name(r) == key]
+    table[key] = {k: float(np.mean([r[k] for r in rs])) for k in ("move", "grip", "zero")} | dict(seeds=len(rs))
+  return table
 
 
 def markdown(result: dict) -> str:

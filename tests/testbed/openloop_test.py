@@ -76,6 +76,6 @@ def test_runs_on_saved_policies(tmp_path):
   zero = np.mean([np.abs(T.expert_action(_at(eps.state, t))[:, :2]).mean() for t in ol.AT_STEPS])
   assert row["zero"] == pytest.approx(zero, rel=1e-6)
   assert np.isfinite(row["move"]) and 0 <= row["grip"] <= 1
-  assert "pi0/shortcut/pi0_joint" in ol.markdown(result)
+  assert "pi0[flow]/shortcut/pi0_joint" in ol.markdown(result)
   with pytest.raises(FileNotFoundError, match="not a testbed workdir"):
     ol.openloop([tmp_path / "nope"])
