@@ -74,8 +74,8 @@ def variant_steps(rows) -> dict:
   """A variant's default steps: its rows' one step count, else its head's."""
   steps = {}
   for name in {r["head"] for r in rows if "variant_of" in r}:
-    counts = {r["flow_steps"] for r in rows if r["head"] == name}
-    base = next(r["variant_of"] for r in rows if r["head"] == name)
+    mine = [r for r in rows if r.get("head") == name]   # the π run's rows predate the head field
+    counts, base = {r["flow_steps"] for r in mine}, mine[0]["variant_of"]
     steps[name] = counts.pop() if len(counts) == 1 else default_steps()[base]
   return steps
 

@@ -70,6 +70,7 @@ def test_a_variant_file_is_reported_beside_its_head_not_pooled_with_it(tmp_path)
       _rows("aptx_2stage_frozen", "apt_expert", {1: 0.2, 2: 0.1}, flow_steps=20)
   flow = _rows("aptx_joint", "apt_expert", {1: 0.3, 2: 0.5}) + \
       _rows("aptx_2stage_frozen", "apt_expert", {1: 0.6, 2: 0.6})
+  ddim += [{k: v for k, v in r.items() if k != "head"} for r in _rows("pi0_joint", "pi0", {1: 0.2, 2: 0.3})]
   for name, rows in (("ddim", ddim), ("flow", flow)):
     (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   fig4.main(["--results", str(tmp_path / "ddim.jsonl"), f"aptx_flow={tmp_path / 'flow.jsonl'}",
