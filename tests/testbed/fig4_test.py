@@ -76,7 +76,7 @@ def test_a_variant_file_is_reported_beside_its_head_not_pooled_with_it(tmp_path)
   fig4.main(["--results", str(tmp_path / "ddim.jsonl"), f"aptx_flow={tmp_path / 'flow.jsonl'}",
              "--out", str(tmp_path / "o")])
   out = json.loads((tmp_path / "o" / "fig4.json").read_text())
-  assert set(out["tables"]) == {"apt_expert", "aptx_flow"} and out["steps"]["aptx_flow"] == 10
+  assert set(out["tables"]) == {"pi0", "apt_expert", "aptx_flow"} and out["steps"]["aptx_flow"] == 10
   got = {(c["head"], c["recipe"], c["split"]): c["d"] for c in out["gains"]}
   assert got["apt_expert", "aptx_2stage_frozen", "paraphrase"] == pytest.approx([0.1, 0.0])
   assert got["aptx_flow", "aptx_flow:aptx_2stage_frozen", "paraphrase"] == pytest.approx([0.3, 0.1])
