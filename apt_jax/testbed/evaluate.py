@@ -137,16 +137,22 @@ def main(argv=None):
   p.add_argument("--flow_steps", type=int, default=None)
   p.add_argument("--out", default=None, help="also write the result (rows and table) as JSON here")
   args = p.parse_args(argv)
+  report_cli(lambda: evaluate(args.workdir, read_templates(args.instructions), split=args.split,
+                              arms=[args.arm] if args.arm else None,
+                              recipes=args.recipes.split(",") if args.recipes else None, episodes=args.episodes,
+                              flow_steps=args.flow_steps, log=lambda m: print(m, file=sys.stderr)),
+             markdown, args.out)
+
+
+def report_cli(compute, markdown_fn, out) -> None:
+  """The testbed CLIs' tail: `compute()` (bad input -> exit with its error), its markdown printed, its JSON to `out`."""
   try:
-    templates = read_templates(args.instructions)
-    result = evaluate(args.workdir, templates, split=args.split, arms=[args.arm] if args.arm else None,
-                      recipes=args.recipes.split(",") if args.recipes else None, episodes=args.episodes,
-                      flow_steps=args.flow_steps, log=lambda m: print(m, file=sys.stderr))
+    result = compute()
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  print(markdown(result))
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
+  print(markdown_fn(result))
+  if out:
+    pathlib.Path(out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

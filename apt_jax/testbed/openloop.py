@@ -107,14 +107,9 @@ def main(argv=None):
   p.add_argument("--episodes", type=int, default=None, help="per seed (default: the run's episodes_per_split)")
   p.add_argument("--out", default=None, help="also write rows and table as JSON here")
   args = p.parse_args(argv)
-  try:
-    result = openloop(args.workdir, split=args.split, recipes=args.recipes.split(",") if args.recipes else None,
-                      episodes=args.episodes, log=lambda m: print(m, file=sys.stderr))
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  print(markdown(result))
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
+  _evaluate.report_cli(lambda: openloop(args.workdir, split=args.split, episodes=args.episodes,
+                                        recipes=args.recipes.split(",") if args.recipes else None,
+                                        log=lambda m: print(m, file=sys.stderr)), markdown, args.out)
 
 
 if __name__ == "__main__":

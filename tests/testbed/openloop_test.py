@@ -1,6 +1,8 @@
 """The open-loop diagnostic: an oracle policy (the expert itself, rolled out here step by step) scores 0 error and
 full gripper agreement, a fixed offset scores exactly that offset, and the CLI path runs on saved policies."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -79,3 +81,7 @@ def test_runs_on_saved_policies(tmp_path):
   assert "pi0[flow]/shortcut/pi0_joint" in ol.markdown(result)
   with pytest.raises(FileNotFoundError, match="not a testbed workdir"):
     ol.openloop([tmp_path / "nope"])
+  ol.main(["--workdir", str(tmp_path), "--recipes", "pi0_joint", "--out", str(tmp_path / "o.json")])
+  assert json.loads((tmp_path / "o.json").read_text())["rows"][0]["move"] == pytest.approx(row["move"])
+  with pytest.raises(SystemExit, match=r"error: .*nope/config\.json not found"):
+    ol.main(["--workdir", str(tmp_path / "nope")])
