@@ -8,6 +8,8 @@ fsdp size and replicated across slices, so only gradients cross the DCN (one all
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 
 import jax
@@ -95,6 +97,29 @@ def activation_constraint(x, mesh: Mesh | None, *, batch_dim: int = 0):
   if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*[None] * batch_dim, BATCH_AXES)))
+
+
+# The mesh whose data axes hold activations' batch axis while a train step is traced (None: no constraint).
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None):
+  """While tracing within it, `constrain_batch` pins activations' batch axis to `mesh`'s data axes (openpi's
+  `set_mesh` + `activation_sharding_constraint`). Without it XLA's propagation may follow the FSDP-sharded weights
+  into the activations: batch gathered onto every chip, features split instead."""
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def constrain_batch(tree):
+  """Every array [B, ...] of `tree` (None leaves skipped) with its batch axis on the data axes of the active
+  `activation_mesh`; a no-op outside one."""
+  mesh = _ACTIVATION_MESH.get()
+  return tree if mesh is None else jax.tree.map(lambda x: activation_constraint(x, mesh), tree)
 
 
 def per_device_bytes(tree) -> int:

@@ -77,10 +77,11 @@ def _loss_fn(ctx: StepContext, trainable, frozen, rng, batch):
   params = _optimizer.combine(trainable, frozen)
   model = ctx.model_config.model_class()(config=ctx.model_config, params=params)
   obs = _model.Observation.from_dict(batch)
-  action_loss = jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
-  if "vl" not in batch:
-    return action_loss, {}
-  vl_loss = _cotrain.vl_loss(model, batch["vl"])
+  with _sharding.activation_mesh(ctx.mesh):
+    action_loss = jnp.mean(model.compute_loss(rng, obs, batch["actions"], train=ctx.train_augment))
+    if "vl" not in batch:
+      return action_loss, {}
+    vl_loss = _cotrain.vl_loss(model, batch["vl"])
   return action_loss + ctx.vl_cotrain_weight * vl_loss, {"action_loss": action_loss, "vl_loss": vl_loss}
 
 

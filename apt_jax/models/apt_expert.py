@@ -245,7 +245,8 @@ class AptExpertModule(_model.VlaHeadModule):
     self.time_mlp_out = nn.Dense(e.width, dtype=c.dtype)
     self.state_in = TokenMlp(e.width, c.dtype)
     self.action_in = TokenMlp(e.width, c.dtype)
-    self.layer = [ExpertLayer(e, c.dtype, new_in_stage2=c.is_new_stage2_layer(i)) for i in range(c.num_layers)]
+    expert_layer = layers.remat(ExpertLayer, c.remat_policy)
+    self.layer = [expert_layer(e, c.dtype, new_in_stage2=c.is_new_stage2_layer(i)) for i in range(c.num_layers)]
     self.final_norm = _gemma.RMSNorm()
     self.action_out = nn.Dense(c.action_dim, kernel_init=nn.initializers.zeros_init(), dtype=c.dtype)
 

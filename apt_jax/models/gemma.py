@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apt_jax import sharding as _sharding
 from apt_jax.models import layers
 from apt_jax.models import lora as lora_lib
 from apt_jax.models import variants as _variants
@@ -256,6 +257,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, xs, kv_cache, positions, attn_mask, adarms_cond, fusion_mask):
+    # The residual stream and each sub-layer's output stay batch-split (openpi's constraints, at the same points).
+    xs = _sharding.constrain_batch(xs)
     pre_attn, gates = [], []
     for i, x in enumerate(xs):
       gate = None
@@ -263,8 +266,10 @@ class Block(nn.Module):
         x, gate = RMSNorm(name=_name("pre_attention_norm", i))(x, adarms_cond[i])
       pre_attn.append(x)
       gates.append(gate)
+    pre_attn = _sharding.constrain_batch(pre_attn)
     post_attn, new_kv = Attention(configs=self.configs, name="attn")(pre_attn, positions, attn_mask, kv_cache)
-    xs = [_gated_residual(x, y, g) for x, y, g in zip(xs, post_attn, gates)]
+    post_attn = _sharding.constrain_batch(post_attn)
+    xs = _sharding.constrain_batch([_gated_residual(x, y, g) for x, y, g in zip(xs, post_attn, gates)])
 
     # APT Stage 2: gated cross-attention of fused experts into the same layer's keys/values.
     if fusion_mask is not None:
@@ -287,17 +292,11 @@ class Block(nn.Module):
         x = FeedForward(features=c.width, hidden_dim=c.mlp_dim, lora=c.lora, name=_name("mlp", i))(x)
       out.append(x)
       gates.append(gate)
-    xs = [_gated_residual(x, y, g) for x, y, g in zip(xs, out, gates)]
+    out = _sharding.constrain_batch(out)
+    xs = _sharding.constrain_batch([_gated_residual(x, y, g) for x, y, g in zip(xs, out, gates)])
     if self.return_hidden:
       return xs, (new_kv, xs[0])
     return xs, new_kv
-
-
-REMAT_POLICIES = {
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "everything_saveable": jax.checkpoint_policies.everything_saveable,
-}
 
 
 class Module(nn.Module):
@@ -307,7 +306,7 @@ class Module(nn.Module):
     configs: one Config per expert; all share depth, heads and head_dim.
     embed_dtype: compute dtype ("bfloat16" or "float32"); params stay float32.
     vocab_size: embedder rows (257 152 for PaliGemma).
-    remat_policy: a key of REMAT_POLICIES, or "none" for no rematerialisation.
+    remat_policy: a key of `layers.REMAT_POLICIES`, or "none" for no rematerialisation.
     scan: scan over layers (stacked params with a leading depth axis, as openpi).
     return_hidden_states: also return expert 0's output of every layer (the scan output), [L, B, T, D], before
       the final norm; `__call__` then returns (outputs, kv_cache, hidden_states). Used by heads that read VLM
@@ -325,13 +324,8 @@ class Module(nn.Module):
     if any(c.depth != depth for c in self.configs):
       raise ValueError(f"All experts must have the same depth, got {[c.depth for c in self.configs]}")
     self.embedder = Embedder(vocab_size=self.vocab_size, embed_dim=self.configs[0].width, name="embedder")
-    block = Block
-    if self.remat_policy != "none":
-      if self.remat_policy not in REMAT_POLICIES:
-        raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)} or 'none'")
-      block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
     self.layers = nn.scan(
-        block,
+        layers.remat(Block, self.remat_policy, in_scan=True),
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),

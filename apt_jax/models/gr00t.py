@@ -271,15 +271,16 @@ class Gr00tModule(_model.VlaHeadModule):
     d = c.dit_variant
     self.PaliGemma = _vlm.from_config(c, return_hidden_states=True)
     self.vl_norm = nn.LayerNorm(epsilon=1e-5, dtype=c.dtype)
-    self.vl_adapter = [AdapterBlock(d.adapter_num_heads, c.dtype) for _ in range(d.adapter_depth)]
+    adapter_block, dit_block = layers.remat(AdapterBlock, c.remat_policy), layers.remat(DiTBlock, c.remat_policy)
+    self.vl_adapter = [adapter_block(d.adapter_num_heads, c.dtype) for _ in range(d.adapter_depth)]
     self.state_encoder = Mlp2(d.state_hidden, d.width, c.dtype)
     self.action_encoder = ActionEncoder(d.width, c.dtype)
     self.position_embedding = self.param("position_embedding", _normal(0.02), (c.action_horizon, d.width))
     self.future_tokens = self.param("future_tokens", _normal(0.02), (d.num_future_tokens, d.width))
     self.timestep_encoder = TimestepEncoder(d.width, d.time_channels, c.dtype)
-    self.blocks = [DiTBlock(d, c.dtype) for _ in range(d.depth)]
+    self.blocks = [dit_block(d, c.dtype) for _ in range(d.depth)]
     if c.apt_stage == "stage2":
-      self.lang_blocks = [LanguageBlock(d, c.dtype) for _ in range(d.depth // 2)]
+      self.lang_blocks = [layers.remat(LanguageBlock, c.remat_policy)(d, c.dtype) for _ in range(d.depth // 2)]
     self.norm_out = nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, dtype=c.dtype)
     self.proj_out_1 = nn.Dense(2 * d.width, dtype=c.dtype)
     self.proj_out_2 = nn.Dense(d.output_dim, dtype=c.dtype)

@@ -1,4 +1,4 @@
-"""Layers shared by the model files: the masked attention core and the sinusoidal embedding.
+"""Layers shared by the model files: the masked attention core, the sinusoidal embedding and block remat.
 
 Letters: B batch, T query length, S key length, N query heads, K key/value heads, G = N / K, H head dim, F frequencies.
 """
@@ -6,11 +6,31 @@ Letters: B batch, T query length, S key length, N query heads, K key/value heads
 from __future__ import annotations
 
 import einops
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 # big_vision/gemma mask with this instead of -inf, so that a row with no visible key stays finite.
 BIG_NEG = -2.3819763e38
+
+
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def remat(block_cls, policy: str, *, in_scan: bool = False):
+  """`block_cls` rematerialised under REMAT_POLICIES[policy] ("none": unchanged). Under nothing_saveable its backward
+  keeps only the block's inputs: the attention logits, [B, N, T, S] in float32, are recomputed instead of held for
+  every layer. Outside a scan, `prevent_cse` keeps XLA from merging the recompute back into the forward; a scan body
+  needs no such guard (openpi, big_vision)."""
+  if policy == "none":
+    return block_cls
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat_policy {policy!r}; known: {sorted(REMAT_POLICIES)} or 'none'")
+  return nn.remat(block_cls, prevent_cse=not in_scan, policy=REMAT_POLICIES[policy])
 
 
 def dot_product_attention(q, k, v, mask, num_kv_heads: int, *, logits_scale: float | None = None,

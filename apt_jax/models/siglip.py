@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apt_jax import sharding as _sharding
+from apt_jax.models import layers
 from apt_jax.models import variants as _variants
 
 
@@ -63,13 +64,15 @@ class Encoder1DBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, _=None):
+    # The residual stream and each sub-layer's output stay batch-split (openpi's constraints, at the same points).
+    x = _sharding.constrain_batch(x)
     y = nn.LayerNorm(dtype=self.dtype_mm)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype_mm)(y, y)
-    x = x + y
+    x = x + _sharding.constrain_batch(y)
     y = nn.LayerNorm(dtype=self.dtype_mm)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
-    return x + y, None
+    return _sharding.constrain_batch(x + _sharding.constrain_batch(y)), None
 
 
 class Encoder(nn.Module):
@@ -81,9 +84,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    block = Encoder1DBlock
-    if self.remat_policy != "none":
-      block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
+    block = layers.remat(Encoder1DBlock, self.remat_policy, in_scan=True)
     x, _ = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast, length=self.depth,
     )(name="encoderblock", mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype_mm=self.dtype_mm)(x, None)

@@ -49,3 +49,15 @@ def test_microbatches_keep_every_row_on_its_device():
   np.testing.assert_array_equal(micro, np.stack([x[0::2], x[1::2]]))
   for shard in micro.addressable_shards:
     assert set(np.asarray(shard.data).ravel()) <= held[shard.device]
+
+
+def test_activation_mesh_pins_the_batch_axis_only_while_it_is_active():
+  mesh = sharding.make_mesh(4)
+  x = np.arange(32.0).reshape(8, 4)
+  with sharding.activation_mesh(mesh):
+    inside = jax.jit(lambda v: sharding.constrain_batch(v * 2))(x)
+  outside = jax.jit(lambda v: sharding.constrain_batch(v * 3))(x)  # traced after the context closed
+  np.testing.assert_array_equal(inside, 2 * x)
+  assert inside.sharding.is_equivalent_to(sharding.data_sharding(mesh), x.ndim)
+  assert sorted(s.data.shape[0] for s in inside.addressable_shards) == [1] * 8  # one row per device
+  assert len(outside.sharding.device_set) == 1  # no constraint: where jit puts an uncommitted input

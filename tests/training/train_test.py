@@ -1,6 +1,7 @@
 """Training: sharding, frozen VLM, resume, Stage 1 -> Stage 2, and openpi's optimizer steps."""
 
 import contextlib
+import functools
 import json
 import shutil
 
@@ -71,6 +72,39 @@ def test_sharded_step_on_2x4_mesh_equals_single_device():
   # ~lr (1e-4 here at most), so params are compared well below that and above float noise.
   for k, v in tree_lib.flatten(s1.params).items():
     np.testing.assert_allclose(np.asarray(tree_lib.flatten(s8.params)[k]), np.asarray(v), atol=5e-5, err_msg=k)
+
+
+def _constraints_in_scan_bodies(jaxpr, inside=False):
+  """Specs of the sharding constraints inside scan bodies (the model's layers), however deeply nested."""
+  specs = []
+  for eqn in jaxpr.eqns:
+    if inside and eqn.primitive.name == "sharding_constraint":
+      specs.append(eqn.params["sharding"].spec)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          specs += _constraints_in_scan_bodies(sub, inside or eqn.primitive.name == "scan")
+  return specs
+
+
+def test_train_step_keeps_the_layers_activations_on_the_batch_axes():
+  """Inside the traced step every SigLIP and Gemma layer pins its residual stream's batch axis to the data axes:
+  without it XLA may follow the FSDP weights and gather the whole batch onto every chip (a full-size GR00T step on a
+  v4-8 did: batch 256 per chip)."""
+  config = debug_config("joint", **{"mesh.min_fsdp_mbytes": 0.0, "mesh.fsdp_devices": 4})
+  model_config = configs.model_config(config)
+  setup = train.make_setup(config, model_config, _sharding.make_mesh(4))
+  batch = _batch.abstract_batch(model_config, 8, _sharding.data_sharding(setup.ctx.mesh))
+  jaxpr = jax.make_jaxpr(functools.partial(train.train_step, setup.ctx))(
+      jax.random.key(0), setup.abstract_state, batch).jaxpr
+  specs = _constraints_in_scan_bodies(jaxpr)
+  assert specs and all(spec == _sharding.P(_sharding.BATCH_AXES) for spec in specs)
+  # Outside a train step (sampling, export) the same model traces with no constraint at all.
+  model = model_config.create(jax.random.key(0))
+  obs = _model.Observation.from_dict(_batch.FakeData(model_config, 2, seed=0).__next__())
+  assert not _constraints_in_scan_bodies(jax.make_jaxpr(
+      lambda p: model.replace(params=p).sample_actions(jax.random.key(0), obs, num_steps=1))(model.params).jaxpr)
 
 
 def test_stage1_leaves_vlm_params_bit_identical_and_without_optimizer_state():
