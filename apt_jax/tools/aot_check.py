@@ -17,7 +17,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 import time
+
+from apt_jax.tools import memory_report as _memory_report
 
 GiB = 2**30
 
@@ -53,22 +56,31 @@ def _oom(error: Exception) -> dict | None:
 
 
 def compile_report(fn, args, *, chip=None, chips: int = 1, analytic_flops: float | None = None,
-                   default_trip_count: int = 1) -> dict:
-  """Lowers and compiles `fn(*args)`; -> memory per chip, FLOPs, and on a TPU chip the fit and speed bounds."""
+                   default_trip_count: int = 1, memory_report: int = 0) -> dict:
+  """Lowers and compiles `fn(*args)`; -> memory per chip, FLOPs, and on a TPU chip the fit and speed bounds.
+  memory_report: also list that many of the program's largest buffers per chip (`largest_buffers`; also when the
+  TPU compiler refuses the program as too large)."""
   from apt_jax.tools import hlo_flops
 
   t = time.time()
   lowered = fn.lower(*args)
   report = {"lower_s": round(time.time() - t, 1)}
-  t = time.time()
-  try:
-    compiled = lowered.compile()
-  except Exception as e:
-    oom = _oom(e)
+  with tempfile.TemporaryDirectory(prefix="aot_check_dump_") as dump_dir:
+    options = _memory_report.compiler_options(dump_dir) if memory_report else None
+    t = time.time()
+    try:
+      compiled = lowered.compile(compiler_options=options)
+      error = None
+    except Exception as e:
+      compiled, error = None, e
+    report["compile_s"] = round(time.time() - t, 1)
+    if memory_report:
+      report["largest_buffers"] = _memory_report.largest_buffers(dump_dir, memory_report)
+  if error is not None:
+    oom = _oom(error)
     if oom is None or chip is None:
-      raise
-    return {**report, "compile_s": round(time.time() - t, 1), "fits": False, "hbm_GiB": chip.hbm_gib, **oom}
-  report["compile_s"] = round(time.time() - t, 1)
+      raise error
+    return {**report, "fits": False, "hbm_GiB": chip.hbm_gib, **oom}
   mem = _memory(compiled)
   report["per_chip_bytes"] = mem
   report["per_chip_GiB"] = {k: round(v / GiB, 3) for k, v in mem.items()}
@@ -92,7 +104,7 @@ def compile_report(fn, args, *, chip=None, chips: int = 1, analytic_flops: float
 
 
 def aot_check(config, *, topology: str | None = None, num_slices: int = 1, serving: bool = True,
-              serving_batch: int = 1) -> dict:
+              serving_batch: int = 1, memory_report: int = 0) -> dict:
   """Compiles `config`'s train step (and `sample_actions`) for a TPU topology, or a fake CPU mesh without one."""
   import jax
   import jax.numpy as jnp
@@ -135,7 +147,7 @@ def aot_check(config, *, topology: str | None = None, num_slices: int = 1, servi
           ("trainable_params", state.params), ("frozen_params", state.frozen), ("optimizer", state.opt_state),
           ("ema", state.ema_params))},
       "train_step": compile_report(setup.jit_train_step(), (rng, state, batch), chip=chip, chips=len(devices),
-                                   analytic_flops=analytic and analytic["model"]),
+                                   analytic_flops=analytic and analytic["model"], memory_report=memory_report),
   }
   if analytic:
     report["analytic_train_flops"] = analytic
@@ -177,12 +189,15 @@ def main(argv=None):
   flags.DEFINE_integer("devices", 8, "Fake CPU devices for the mesh when no --topology is given.")
   flags.DEFINE_bool("serving", True, "Also compile sample_actions on one chip (bf16 params, as the policy server).")
   flags.DEFINE_integer("serving_batch", 1, "Requests per sample_actions call.")
+  flags.DEFINE_integer("memory_report", 0, "List the train step's N largest buffers per chip (shapes and the jax ops "
+                       "that write them, from XLA's buffer assignment): what to shrink when a config does not fit.")
   flags.mark_flags_as_required(["config"])
 
   def run(_):
     f = flags.FLAGS
     print(json.dumps(aot_check(f.config, topology=f.topology, num_slices=f.num_slices, serving=f.serving,
-                               serving_batch=f.serving_batch), indent=1))
+                               serving_batch=f.serving_batch, memory_report=f.memory_report), indent=1,
+                     ensure_ascii=False))
 
   app.run(run, argv=argv)
 
