@@ -41,9 +41,14 @@ def default_steps() -> dict:
   return {h: cfg.head_size.to_dict().get(h, {}).get("flow_steps", cfg.eval.flow_steps) for h in FIG4}
 
 
+def _head_of(heads: dict) -> dict:
+  """recipe -> its head, over every head's joint and Stage 2 recipes."""
+  return {r: h for h, (joint, two) in heads.items() for r in (joint, *two)}
+
+
 def read_rows(paths) -> list[dict]:
   """Rows of every results file; `NAME=PATH`: a variant's rows, relabelled head NAME, recipe NAME:<recipe>."""
-  head_of = {r: h for h, (joint, two) in FIG4.items() for r in (joint, *two)}
+  head_of = _head_of(FIG4)
   out = []
   for spec in map(str, paths):
     name, _, path = spec.rpartition("=")
@@ -82,7 +87,7 @@ def variant_steps(rows) -> dict:
 
 def select(rows, *, arm: str, steps: dict, heads: dict = FIG4) -> list[dict]:
   """The Fig. 4 recipes' rows of `arm` at each head's steps, plus every row again under split "all"."""
-  head_of = {r: h for h, (joint, two) in heads.items() for r in (joint, *two)}
+  head_of = _head_of(heads)
   out = [r for r in rows if r["arm"] == arm and r["recipe"] in head_of
          and r["flow_steps"] == steps[head_of[r["recipe"]]]]
   return out + [dict(r, split=ALL) for r in out]

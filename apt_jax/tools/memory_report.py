@@ -80,7 +80,8 @@ def largest_buffers(dump_dir, top: int = 10, module: str | None = None) -> list[
     values.sort(reverse=True)
     size = sizes[alloc] if sizes[alloc] is not None else values[0][0]
     counts = collections.Counter(shape for _, _, shape in values)
-    ops = list(dict.fromkeys(_op(op_names[n.split("{")[0]]) for _, n, _ in values if n.split("{")[0] in op_names))
+    names = (n.split("{")[0] for _, n, _ in values)  # copy-start.474{0}: the instruction is copy-start.474
+    ops = list(dict.fromkeys(_op(op_names[n]) for n in names if n in op_names))
     rows.append({"GiB": round(size / 2**30, 3), "bytes": size, "kind": kinds[alloc],
                  "shapes": [f"{c}×{s}" if c > 1 else s for s, c in counts.most_common(4)], "ops": ops[:3]})
   rows.sort(key=lambda r: -r["bytes"])
